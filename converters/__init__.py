@@ -1,0 +1,1 @@
+"""Converters: foreign checkpoints (Caffe2 pickles, DeepMind I3D) into zoo state dicts, with verified downloads."""

@@ -1,0 +1,1 @@
+"""Video benchmarks: multi-view Kinetics testing, FLOP reports."""

@@ -1,0 +1,131 @@
+"""FLOP and parameter report of a zoo model with fvcore, per view and per video of a multi-view test.
+
+    python -m eval.flops i3d_r50 --views 3x10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
+
+import torch
+
+import zoo
+
+
+def parse_views(text: str) -> Tuple[int, int]:
+    """'SxT' -> (spatial crops, temporal clips)."""
+    try:
+        spatial, temporal = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'views must look like SxT (spatial crops x temporal clips), e.g. 3x10; got {text!r}')
+    if spatial < 1 or temporal < 1:
+        raise ValueError(f'views must be positive, got {text!r}')
+    return spatial, temporal
+
+
+@dataclass
+class FlopReport:
+    model: str
+    frames: int
+    crop: int
+    spatial_views: int
+    temporal_views: int
+    params: int
+    flops_per_view: float      # fvcore: one fused multiply-add = 1 flop
+    by_operator: dict
+
+    @property
+    def views(self) -> int:
+        return self.spatial_views * self.temporal_views
+
+    @property
+    def flops_per_video(self) -> float:
+        return self.flops_per_view * self.views
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), 'views': self.views, 'flops_per_video': self.flops_per_video}
+
+    def table(self) -> str:
+        rows = [
+            ('model', self.model),
+            ('parameters', f'{self.params / 1e6:.2f} M'),
+            ('view (C x T x H x W)', f'3 x {self.frames} x {self.crop} x {self.crop}'),
+            ('GFLOPs per view', f'{self.flops_per_view / 1e9:.2f}'),
+            ('views per video', f'{self.spatial_views} crops x {self.temporal_views} clips = {self.views}'),
+            ('GFLOPs per video', f'{self.flops_per_video / 1e9:.1f}'),
+        ]
+        rows += [(f'  {op}', f'{n / 1e9:.2f} G') for op, n in sorted(self.by_operator.items(), key=lambda kv: -kv[1])]
+        width = max(len(k) for k, _ in rows)
+        return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
+
+
+def view_geometry(cfg: zoo.VideoPretrainedCfg, views: Tuple[int, int],
+                  frames: Optional[int] = None, crop: Optional[int] = None) -> Tuple[int, int]:
+    """(frames, crop) of one view: the multi-view test crops test_crop_size, single view crop_size."""
+    if crop is None:
+        crop = cfg.crop_size if views == (1, 1) else cfg.test_crop_size
+    return frames or cfg.num_frames, crop
+
+
+def count_flops(model: torch.nn.Module, frames: int, crop: int, model_name: str = '',
+                views: Tuple[int, int] = (1, 1)) -> FlopReport:
+    from fvcore.nn import FlopCountAnalysis
+
+    cfg = getattr(model, 'pretrained_cfg', None)
+    fully_conv = bool(cfg and crop > cfg.crop_size and getattr(model, 'fully_conv_test', None) is not None)
+    x = torch.zeros(1, 3, frames, crop, crop)
+
+    class _View(torch.nn.Module):  # fvcore traces forward(x) only; fix the head mode
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, clip):
+            return self.net(clip, fully_conv=True) if fully_conv else self.net(clip)
+
+    was_training = model.training
+    model.eval()
+    try:
+        analysis = FlopCountAnalysis(_View(model), x)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        total, by_op = analysis.total(), dict(analysis.by_operator())
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return FlopReport(model_name or type(model).__name__, frames, crop, views[0], views[1], params, float(total), by_op)
+
+
+def flop_report(model_name: str, views: Tuple[int, int] = (1, 1), frames: Optional[int] = None,
+                crop: Optional[int] = None, model: Optional[torch.nn.Module] = None) -> FlopReport:
+    cfg = zoo.get_pretrained_cfg(model_name)
+    frames, crop = view_geometry(cfg, views, frames, crop)
+    model = model if model is not None else zoo.create_model(model_name)
+    return count_flops(model, frames, crop, model_name=model_name, views=views)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('model', nargs='?', default='i3d_r50', help='a name from zoo.list_models()')
+    parser.add_argument('--views', default='1x1', help='SxT: spatial crops x temporal clips (default 1x1)')
+    parser.add_argument('--frames', type=int, help='frames per view (default: the model config)')
+    parser.add_argument('--crop', type=int, help='crop size (default: 224 for 1x1, else the test crop)')
+    parser.add_argument('--json', help='also write the report as JSON here')
+    args = parser.parse_args(argv)
+    try:
+        views = parse_views(args.views)
+        report = flop_report(args.model, views, args.frames, args.crop)
+    except (KeyError, ValueError) as e:
+        parser.exit(2, f'error: {e.args[0] if e.args else e}\n')
+    print(report.table())
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(report.to_dict(), f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
