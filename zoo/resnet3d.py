@@ -8,7 +8,7 @@ BatchNorm or frozen affine). Module names follow timm/torchvision ResNet (conv1,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
 import torch
