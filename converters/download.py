@@ -1,0 +1,407 @@
+"""Checksum-verified, resumable downloads of checkpoint files into the zoo's cache directory.
+
+A file enters the cache only after its sha256 and size are verified; where no checksum was ever published,
+the first verified download records one next to the file and every later use is checked against it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import posixpath
+import re
+import tempfile
+import time
+import urllib.parse
+from typing import Optional, Tuple, Union
+
+import requests
+from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two processes fetching the same file at once are not guarded there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+CACHE_ENV = 'ZOO_CACHE_DIR'
+OFFLINE_ENV = 'ZOO_OFFLINE'
+USER_AGENT = f'video-zoo-downloader (python-requests/{requests.__version__})'
+
+_TRUTHY = frozenset({'1', 'true', 'yes', 'on'})
+_PART_SUFFIX = '.part'
+_RECORD_SUFFIX = '.sha256.json'
+_STREAM_CHUNK = 1 << 16
+_SHA256_RE = re.compile(r'[0-9a-f]{64}')
+_CONTENT_RANGE_RE = re.compile(r'bytes\s+(\d+)-(\d+)/(\d+|\*)')
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded: the message names the URL and the HTTP status or the cause."""
+
+
+class ChecksumError(DownloadError):
+    """A file's sha256 or size differs from the pinned or recorded one: the message gives both values."""
+
+
+class OfflineError(DownloadError):
+    """Downloads are switched off (ZOO_OFFLINE) and the file is not in the cache."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying: connection lost, timeout, short body, HTTP 5xx or 429."""
+
+
+def cache_dir() -> pathlib.Path:
+    """The zoo's cache: ``$ZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/video-zoo``, else ``~/.cache/video-zoo``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return pathlib.Path(override).expanduser()
+    xdg = os.environ.get('XDG_CACHE_HOME')
+    # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    base = pathlib.Path(xdg) if xdg and os.path.isabs(xdg) else pathlib.Path.home() / '.cache'
+    return base / 'video-zoo'
+
+
+# fetch() takes a keyword argument named cache_dir, which hides the function inside it.
+_default_cache_dir = cache_dir
+
+
+def is_offline() -> bool:
+    """True when ``$ZOO_OFFLINE`` is 1, true, yes or on (any case): only cached files may be used."""
+    return os.environ.get(OFFLINE_ENV, '').strip().lower() in _TRUTHY
+
+
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so a checkpoint never has to fit in memory."""
+    return _hash_into(hashlib.sha256(), path, chunk_size).hexdigest()
+
+
+def read_record(path: PathLike) -> Optional[dict]:
+    """The checksum record ``{'sha256', 'size', 'url', 'recorded_at'}`` kept beside a cached file, or None."""
+    path = pathlib.Path(path)
+    record_path = _record_path(path)
+    try:
+        text = record_path.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get('sha256'), str)
+            and _SHA256_RE.fullmatch(record['sha256']) and isinstance(record.get('size'), int)):
+        # Ignoring a damaged record would quietly trust whatever file comes next.
+        raise ChecksumError(
+            f'{record_path}: the checksum record of {path.name} is unreadable or incomplete, so the file cannot '
+            f'be verified. Delete {record_path} and {path} to download the file again.')
+    return record
+
+
+def fetch(url: str, *, filename: Optional[str] = None, sha256: Optional[str] = None, size: Optional[int] = None,
+          cache_dir: Optional[PathLike] = None, progress: bool = True, retries: int = 4, backoff: float = 0.5,
+          timeout: float = 30.0, session: Optional[requests.Session] = None) -> pathlib.Path:
+    """Path of ``url``'s file in ``<cache_dir>/downloads/``, downloaded and verified if it is not there yet.
+
+    ``sha256`` and ``size`` pin the file; without them the first verified download is recorded in
+    ``<name>.sha256.json`` and later uses are checked against that record. A cached file that fails its
+    check raises ChecksumError and is left in place: nothing is ever re-downloaded silently. An interrupted
+    download resumes from its ``<name>.part`` file with an HTTP Range request.
+    """
+    name = _file_name(url, filename)
+    sha256 = _normalise_sha256(sha256)
+    root = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()) / 'downloads'
+    path = root / name
+
+    if path.is_file():
+        return _verify_cached(path, url, sha256, size)
+    if is_offline():
+        raise OfflineError(
+            f'{name} is not in the cache and downloads are switched off ({OFFLINE_ENV}='
+            f'{os.environ.get(OFFLINE_ENV)!r}). Expected it at {path} (cache directory {root.parent}; '
+            f'{CACHE_ENV} chooses another). Unset {OFFLINE_ENV} to download it from {url}, or copy the file there.')
+
+    _ensure_writable(root)
+    own_session = session is None
+    session = session or requests.Session()
+    try:
+        with _exclusive(root):
+            if path.is_file():  # another process finished this download while we waited for the lock
+                return _verify_cached(path, url, sha256, size)
+            return _download(url, path, sha256, size, session=session, progress=progress, retries=retries,
+                             backoff=backoff, timeout=timeout)
+    finally:
+        if own_session:
+            session.close()
+
+
+def _hash_into(hasher, path: PathLike, chunk_size: int = 1 << 20):
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            hasher.update(chunk)
+    return hasher
+
+
+def _record_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + _RECORD_SUFFIX)
+
+
+def _part_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + _PART_SUFFIX)
+
+
+def _normalise_sha256(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if not _SHA256_RE.fullmatch(digest):
+        raise ValueError(f'sha256 must be 64 hexadecimal digits, got {value!r}')
+    return digest
+
+
+def _file_name(url: str, filename: Optional[str]) -> str:
+    name = filename if filename is not None else urllib.parse.unquote(
+        posixpath.basename(urllib.parse.urlsplit(url).path))
+    separators = {'/', os.sep} | ({os.altsep} if os.altsep else set())
+    if (not name or name in ('.', '..') or any(s in name for s in separators)
+            or name.endswith((_PART_SUFFIX, _RECORD_SUFFIX))):
+        raise ValueError(f'cannot cache {url} under the file name {name!r}: pass filename= with a plain file name')
+    return name
+
+
+def _write_record(path: pathlib.Path, sha256: str, size: int, url: str) -> None:
+    record = {'sha256': sha256, 'size': size, 'url': url,
+              'recorded_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    record_path = _record_path(path)
+    # Written to a unique temporary name and renamed, so a crash or a concurrent writer never leaves half a record.
+    fd, tmp = tempfile.mkstemp(dir=record_path.parent, prefix=record_path.name + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump(record, f, indent=2)
+            f.write('\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, record_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _expected(path: pathlib.Path, sha256: Optional[str], size: Optional[int]):
+    """(sha256, size, where they come from, record): a pinned checksum wins over the record."""
+    record = read_record(path)
+    if sha256 is not None:
+        return sha256, size, 'the pinned checksum', record
+    if record is not None:
+        return (record['sha256'], size if size is not None else record['size'],
+                f'the checksum recorded at its first download ({_record_path(path)}, {record.get("recorded_at")})',
+                record)
+    return None, size, 'the expected size', None
+
+
+def _mismatches(actual_sha256: str, actual_size: int, sha256: Optional[str], size: Optional[int]) -> list:
+    problems = []
+    if sha256 is not None and actual_sha256 != sha256:
+        problems.append(f'sha256 is {actual_sha256}, expected {sha256}')
+    if size is not None and actual_size != size:
+        problems.append(f'size is {actual_size} bytes, expected {size}')
+    return problems
+
+
+def _verify_cached(path: pathlib.Path, url: str, sha256: Optional[str], size: Optional[int]) -> pathlib.Path:
+    expected_sha256, expected_size, source, record = _expected(path, sha256, size)
+    actual_sha256, actual_size = sha256_file(path), path.stat().st_size
+    problems = _mismatches(actual_sha256, actual_size, expected_sha256, expected_size)
+    if problems:
+        raise ChecksumError(
+            f'{path}: the cached file does not match {source}: {"; ".join(problems)}. It was changed or corrupted '
+            f'after it was downloaded, or the pinned checksum changed. The file was left in place; to download '
+            f'it again from {url}, delete {path} and {_record_path(path)}.')
+    if record is None or record['sha256'] != actual_sha256 or record['size'] != actual_size:
+        if expected_sha256 is None:
+            # A file put in the cache by hand has nothing to vouch for it; from now on it is held to this hash.
+            log.warning('%s has no checksum record; recording sha256 %s (%d bytes) as it is now',
+                        path, actual_sha256, actual_size)
+        try:
+            _write_record(path, actual_sha256, actual_size, url)
+        except OSError as e:  # a read-only shared cache is still usable, just not recordable
+            log.warning('could not write the checksum record of %s: %s', path, e)
+    return path
+
+
+def _ensure_writable(directory: pathlib.Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f'cannot create the cache directory {directory}: {e.strerror or e}. '
+                            f'Set {CACHE_ENV} to a writable directory.') from e
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DownloadError(f'the cache directory {directory} is not writable. '
+                            f'Set {CACHE_ENV} to a writable directory.')
+
+
+@contextlib.contextmanager
+def _exclusive(directory: pathlib.Path):
+    """Hold an advisory lock on the download directory: two processes (say, the ranks of one distributed job)
+    appending to the same .part file would interleave their bytes, and the first download of an unpinned file
+    would record that garbage as the truth."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning('another process is downloading into %s; waiting for it to finish', directory)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _download(url: str, path: pathlib.Path, sha256: Optional[str], size: Optional[int], *,
+              session: requests.Session, progress: bool, retries: int, backoff: float, timeout: float) -> pathlib.Path:
+    expected_sha256, expected_size, source, record = _expected(path, sha256, size)
+    part = _part_path(path)
+    # identity: the hash must be of the bytes as stored, not of a body that requests decompressed on the way.
+    headers = {'Accept-Encoding': 'identity'}
+    if session.headers.get('User-Agent', '').startswith('python-requests'):
+        headers['User-Agent'] = USER_AGENT
+    attempt = 0
+    while True:
+        try:
+            actual_sha256, actual_size = _stream_into(part, url, session, headers, expected_size,
+                                                      progress=progress, timeout=timeout, label=path.name)
+            break
+        except _Transient as e:
+            if attempt >= retries:
+                kept = f'; {part} is kept and the next fetch resumes from it' if part.exists() else ''
+                raise DownloadError(f'{url}: {e} (gave up after {attempt + 1} attempts{kept})') from e
+            delay = backoff * 2 ** attempt
+            log.warning('%s: %s; retrying in %.3g s (attempt %d of %d)', url, e, delay, attempt + 2, retries + 1)
+            time.sleep(delay)
+            attempt += 1
+
+    problems = _mismatches(actual_sha256, actual_size, expected_sha256, expected_size)
+    if problems:
+        part.unlink(missing_ok=True)
+        hint = (f' If the file changed upstream on purpose, delete {_record_path(path)} to accept the new one.'
+                if record is not None and sha256 is None else '')
+        raise ChecksumError(f'{url}: the downloaded file does not match {source}: {"; ".join(problems)}. '
+                            f'The download was discarded and nothing was cached as {path}.{hint}')
+    try:
+        # The record goes first: a crash between the two renames leaves a record with no file, which the next
+        # download is checked against, never a file that nothing vouches for.
+        _write_record(path, actual_sha256, actual_size, url)
+        os.replace(part, path)
+    except OSError as e:
+        raise DownloadError(f'cannot store {path.name} in the cache directory {path.parent}: {e}. '
+                            f'Set {CACHE_ENV} to a writable directory.') from e
+    if expected_sha256 is None:
+        log.warning('no checksum was given for %s: recorded sha256 %s (%d bytes); later uses are checked '
+                    'against it', path, actual_sha256, actual_size)
+    return path
+
+
+def _stream_into(part: pathlib.Path, url: str, session: requests.Session, headers: dict,
+                 expected_size: Optional[int], *, progress: bool, timeout: float, label: str) -> Tuple[str, int]:
+    """One request appending to (or restarting) ``part``; returns the sha256 and size of the whole part."""
+    offset = part.stat().st_size if part.exists() else 0
+    if expected_size is not None and offset > expected_size:
+        offset = 0  # longer than the file can be, so it is not a prefix of it
+    hasher = hashlib.sha256()
+    if offset:
+        # hashlib's state cannot be saved between runs, so the bytes already on disk are hashed again.
+        _hash_into(hasher, part)
+        if offset == expected_size:
+            return hasher.hexdigest(), offset  # an earlier run got every byte and stopped before verifying
+
+    request_headers = dict(headers, Range=f'bytes={offset}-') if offset else headers
+    try:
+        response = session.get(url, headers=request_headers, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise _Transient(f'connection failed ({e})') from e
+    except requests.RequestException as e:
+        raise DownloadError(f'{url}: {e}') from e
+
+    with response:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Transient(f'HTTP {status} {response.reason}')
+        if status == 404:
+            raise DownloadError(f'{url}: not found (HTTP 404)')
+        if status == 416 and offset:
+            if _content_range(response.headers.get('Content-Range'))[2] == offset:
+                return hasher.hexdigest(), offset
+            part.unlink(missing_ok=True)
+            raise _Transient(f'the server cannot resume at byte {offset} (HTTP 416); starting over')
+        if status >= 400:
+            raise DownloadError(f'{url}: HTTP {status} {response.reason}')
+        content_type = response.headers.get('Content-Type', '').split(';')[0].strip().lower()
+        if content_type == 'text/html' and not part.name.lower().endswith(('.html.part', '.htm.part')):
+            raise DownloadError(f'{url}: the server sent an HTML page (Content-Type {content_type}) instead of '
+                                f'the file: an error page, a login page or a captive portal?')
+
+        if status == 206:
+            start, _, _ = _content_range(response.headers.get('Content-Range'))
+            if start != offset:
+                part.unlink(missing_ok=True)
+                raise _Transient(f'asked to resume at byte {offset} but the server sent bytes from {start} '
+                                 f'(Content-Range {response.headers.get("Content-Range")!r}); starting over')
+            mode = 'ab' if offset else 'wb'
+        else:
+            if offset:
+                log.info('%s: the server ignored the Range request; downloading from the start', url)
+                offset, hasher = 0, hashlib.sha256()
+            mode = 'wb'
+
+        declared = response.headers.get('Content-Length', '')
+        length = int(declared) if declared.isdigit() else None
+        total = offset + length if length is not None else None
+        if expected_size is not None and total is not None and total != expected_size:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f'{url}: the server sends {total} bytes, expected {expected_size}; '
+                                f'nothing was downloaded or cached')
+
+        # urllib3 drops the bytes it buffered when it detects a short body; reading to EOF and counting here keeps
+        # every byte that arrived, so a resume starts exactly where the connection was cut.
+        if length is not None and hasattr(response.raw, 'enforce_content_length'):
+            response.raw.enforce_content_length = False
+        received = 0
+        try:
+            with open(part, mode) as f, tqdm(total=total, initial=offset, desc=label, unit='B', unit_scale=True,
+                                             unit_divisor=1024, disable=None if progress else True) as bar:
+                for chunk in response.iter_content(_STREAM_CHUNK):
+                    f.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+        # requests' exceptions are OSErrors too, so they must be caught before the OSError below.
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            raise _Transient(f'connection lost after {offset + received} bytes ({e})') from e
+        except OSError as e:
+            raise DownloadError(f'{url}: cannot write {part}: {e}') from e
+    if length is not None and received < length:
+        raise _Transient(f'the body ended after {received} of {length} bytes')
+    return hasher.hexdigest(), offset + received
+
+
+def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int], Optional[int]]:
+    """(first byte, last byte, total) of a Content-Range header; None where absent or '*'."""
+    match = _CONTENT_RANGE_RE.fullmatch((value or '').strip())
+    if match is None:
+        total = re.fullmatch(r'bytes\s+\*/(\d+)', (value or '').strip())  # the form a 416 answer uses
+        return None, None, int(total.group(1)) if total else None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == '*' else int(total)

@@ -1,0 +1,117 @@
+"""Inference fast path: BatchNorm folded into convolutions, channels_last_3d, inference mode, optional
+reduced precision and torch.compile, applied to a copy so the original model stays trainable."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .resnet3d import AffineChannel3d
+
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def _norm_scale_shift(norm: nn.Module):
+    """Per-channel (scale, shift) with norm(x) == x * scale + shift in eval mode."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        if norm.running_mean is None:
+            raise ValueError('cannot fold a BatchNorm without running statistics')
+        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.double()
+        shift = -norm.running_mean.double() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.double()
+        return scale, shift
+    if isinstance(norm, AffineChannel3d):
+        return norm.weight.double(), norm.bias.double()
+    raise TypeError(f'cannot fold {type(norm).__name__}')
+
+
+def fold_norm_into_conv(conv: nn.Conv3d, norm: nn.Module) -> nn.Conv3d:
+    """A new conv computing norm(conv(x)) in eval mode; the fold is done in float64 to keep it exact."""
+    scale, shift = _norm_scale_shift(norm)
+    fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode).to(conv.weight.device)
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    with torch.no_grad():
+        fused.weight.copy_(weight.to(conv.weight.dtype))
+        fused.bias.copy_(bias.to(conv.weight.dtype))
+    return fused
+
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, AffineChannel3d)
+# (conv, norm) attribute pairs of the zoo's ResNet3D blocks, stem and non-local blocks.
+_PAIRS = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3'), ('out', 'bn'))
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every norm that directly follows a conv folded into it (eval semantics)."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        for conv_name, norm_name in _PAIRS:
+            conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+            if isinstance(conv, nn.Conv3d) and isinstance(norm, _NORMS):
+                setattr(module, conv_name, fold_norm_into_conv(conv, norm))
+                setattr(module, norm_name, nn.Identity())
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv3d) and isinstance(module[i + 1], _NORMS):
+                    module[i] = fold_norm_into_conv(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+    return model
+
+
+class InferenceModel(nn.Module):
+    """Runs a prepared copy of a network under inference mode, in channels_last_3d and the chosen precision.
+
+    Outputs are returned in float32 whatever the compute precision.
+    """
+
+    def __init__(self, net: nn.Module, precision: str = 'fp32', channels_last: bool = True):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        self.net = net
+        self.precision = precision
+        self.channels_last = channels_last
+        self.pretrained_cfg = getattr(net, 'pretrained_cfg', None)
+
+    def _autocast(self, device: torch.device):
+        if self.precision == 'fp32':
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=_DTYPES[self.precision])
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast(x.device):
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            return self.net(x, **kwargs).float()
+
+
+def prepare_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
+                          precision: str = 'fp32', compile: bool = False,
+                          device: Optional[torch.device] = None) -> InferenceModel:
+    """The fast path of ``model`` for evaluation; ``model`` itself is left untouched.
+
+    fp32 with folded BN and channels_last_3d computes the same function as the original up to float32
+    rounding; 'bf16'/'fp16' run under autocast (opt-in, less exact); ``compile`` wraps the network in
+    torch.compile.
+    """
+    net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    if device is not None:
+        net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if compile:
+        net = torch.compile(net)
+        net.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
+    return InferenceModel(net, precision=precision, channels_last=channels_last)
