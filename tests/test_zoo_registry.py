@@ -14,7 +14,7 @@ def test_list_models_filters_with_shell_patterns():
     assert zoo.list_models('i3d*r50') == ['i3d_nl_r50', 'i3d_r50']
     assert zoo.list_models('*_8x8') == ['c2d_nl_r50_8x8', 'c2d_r50_8x8', 'i3d_nl_r50_8x8', 'i3d_r50_8x8']
     assert set(CAFFE2_ENTRIES) <= set(zoo.list_models())
-    assert zoo.list_models('i3d*', exclude_filters='*nl*') == ['i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4',
+    assert zoo.list_models('i3d_*r50*', exclude_filters='*nl*') == ['i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4',
                                                                 'i3d_r50_8x8']
 
 
