@@ -10,6 +10,7 @@ from ._registry import (get_pretrained_cfg, is_model, list_models, list_modules,
 from .inflate import inflate_conv_weight, inflate_state_dict, InflationReport
 from .resnet3d import ResNet3D, ResNet3DSpec, NonLocalBlock3d, Bottleneck3d, AffineChannel3d
 from . import video_nonlocal_net  # noqa: F401  (registers the entries)
+from . import inception_i3d  # noqa: F401
 from ._timm_plugin import register_with_timm
 
 register_with_timm()
