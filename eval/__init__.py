@@ -1,1 +1,5 @@
-"""Video benchmarks: multi-view Kinetics testing, FLOP reports."""
+"""Video benchmarks: multi-view Kinetics testing (python -m eval.kinetics), FLOP reports (python -m eval.flops).
+
+views (which views a video yields) -> decode / datasets (frames of those views) -> runner (model on views)
+-> meter (view scores -> video scores, metrics) -> report (files); demo and synthetic supply data anywhere.
+"""

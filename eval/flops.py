@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
@@ -64,15 +65,21 @@ class FlopReport:
 
 def view_geometry(cfg: zoo.VideoPretrainedCfg, views: Tuple[int, int],
                   frames: Optional[int] = None, crop: Optional[int] = None) -> Tuple[int, int]:
-    """(frames, crop) of one view: the multi-view test crops test_crop_size, single view crop_size."""
-    if crop is None:
-        crop = cfg.crop_size if views == (1, 1) else cfg.test_crop_size
-    return frames or cfg.num_frames, crop
+    """(frames, crop) of one view: the multi-view test crops test_crop_size, single view crop_size.
+
+    The rule lives in eval.views.ViewSpec.from_cfg, which eval.kinetics uses too, so the FLOPs reported
+    are those of the views actually run.
+    """
+    from .views import ViewSpec
+    spec = ViewSpec.from_cfg(cfg, views, frames=frames, crop=crop, scale=max(cfg.test_scale, crop or 0))
+    return spec.num_frames, spec.crop_size
 
 
 def count_flops(model: torch.nn.Module, frames: int, crop: int, model_name: str = '',
                 views: Tuple[int, int] = (1, 1)) -> FlopReport:
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import and tracer use torch.jit APIs that now warn of deprecation
+        warnings.simplefilter('ignore', FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     cfg = getattr(model, 'pretrained_cfg', None)
     fully_conv = bool(cfg and crop > cfg.crop_size and getattr(model, 'fully_conv_test', None) is not None)
@@ -89,10 +96,12 @@ def count_flops(model: torch.nn.Module, frames: int, crop: int, model_name: str 
     was_training = model.training
     model.eval()
     try:
-        analysis = FlopCountAnalysis(_View(model), x)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        total, by_op = analysis.total(), dict(analysis.by_operator())
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            analysis = FlopCountAnalysis(_View(model), x)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            total, by_op = analysis.total(), dict(analysis.by_operator())
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())

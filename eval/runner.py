@@ -1,0 +1,165 @@
+"""Running a model on the views of a dataset: cut views, batch them across videos, feed the meter.
+
+Generic: any model taking (N, 3, T, H, W) and returning class scores, any Dataset yielding VideoSample /
+FailedVideo items (eval.datasets), any ViewSpec. The model's pretrained config supplies the pixel
+normalisation; the fully-convolutional Caffe2 head is asked for only when the crop is larger than the
+crop the model was trained on (cfg.crop_size).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
+from .meter import MultiViewMeter
+from .views import ViewSampler, ViewSpec
+
+
+def default_device() -> torch.device:
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+class ViewNormalizer:
+    """uint8 (B, T, H, W, 3) views -> float (B, 3, T, H, W) model input: channel order, then (x - mean) / std.
+
+    mean/std are per channel on 0-255 pixels, as in the zoo configs (Caffe2 ClipTransformFlex computes
+    ``(pixel - mean) * (1 / std)``). Runs on the model's device, so the loader moves uint8 (4x less data).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channel_order: str = 'RGB'):
+        if channel_order.upper() not in ('RGB', 'BGR'):
+            raise ValueError(f'channel order {channel_order!r}: expected RGB or BGR')
+        self.bgr = channel_order.upper() == 'BGR'
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'ViewNormalizer':
+        return cls(cfg.mean, cfg.std, cfg.channel_order)
+
+    def __call__(self, views: torch.Tensor) -> torch.Tensor:
+        x = views.permute(0, 4, 1, 2, 3).float()
+        if self.bgr:
+            x = x.flip(1)
+        return (x - self.mean.to(x.device)) * self.inv_std.to(x.device)
+
+
+def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(view index, uint8 view (T, c, c, 3)) of a sample, clip-major: view v = clip v // S, crop v % S."""
+    frames = sample.frames if frames is None else frames
+    plan = sample.plan
+    index = torch.as_tensor(plan.clip_index)
+    for k in range(index.shape[0]):
+        clip = frames[index[k].to(frames.device)]
+        for s, box in enumerate(plan.boxes):
+            view = clip[:, box.top:box.top + box.size, box.left:box.left + box.size]
+            if box.flip:
+                view = view.flip(2)
+            yield k * len(plan.boxes) + s, view
+
+
+def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
+    """``fully_conv=True`` only when the crop exceeds the training crop (then the Caffe2 test head applies)."""
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if cfg is not None and crop_size > cfg.crop_size:
+        return {'fully_conv': True}
+    return {}
+
+
+@dataclass
+class Failure:
+    index: int
+    record: VideoRecord
+    reason: str
+
+
+@dataclass
+class EvalResult:
+    records: List[VideoRecord]
+    spec: ViewSpec
+    meter: MultiViewMeter
+    failures: List[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = 'cpu'
+    fully_conv: bool = False
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self.meter.complete
+
+    def counts(self) -> dict:
+        labels = np.array([r.label for r in self.records], dtype=np.int64)
+        scored = self.scored
+        return {'annotated': len(self.records), 'scored': int(scored.sum()), 'failed': len(self.failures),
+                'labelled': int((labels >= 0).sum()), 'labelled_scored': int(((labels >= 0) & scored).sum())}
+
+
+def _identity(item):
+    return item
+
+
+def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
+             cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
+             aggregation: str = 'softmax', fps: Optional[float] = None, amp: bool = False,
+             progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None) -> EvalResult:
+    """Score every record with ``spec``'s views; missing or unreadable videos end up in ``failures``.
+
+    Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
+    pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
+    """
+    from tqdm import tqdm
+
+    cfg = cfg if cfg is not None else model.pretrained_cfg
+    device = torch.device(device) if device is not None else default_device()
+    fps = fps if fps is not None else cfg.fps
+    records = list(records)
+    dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_identity, pin_memory=device.type == 'cuda')
+    meter = MultiViewMeter(len(records), spec.num_views, cfg.num_classes if cfg.num_classes else 400,
+                           aggregation=aggregation)
+    normalise = ViewNormalizer.from_cfg(cfg)
+    call_kwargs = model_call_kwargs(model, spec.crop_size)
+    model = model.to(device).eval()
+    result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs))
+
+    pending_views: List[torch.Tensor] = []
+    pending_videos: List[int] = []
+
+    def flush():
+        if not pending_views:
+            return
+        x = normalise(torch.stack(pending_views))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x, **call_kwargs)
+        meter.add(pending_videos, out.float().cpu().numpy())
+        pending_views.clear()
+        pending_videos.clear()
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(records), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    with torch.inference_mode():
+        for item in loader:
+            if isinstance(item, FailedVideo):
+                result.failures.append(Failure(item.index, item.record, item.reason))
+            else:
+                meter.set_label(item.index, item.record.label)
+                frames = item.frames.to(device, non_blocking=True)
+                for _, view in iter_views(item, frames):
+                    pending_views.append(view)
+                    pending_videos.append(item.index)
+                    if len(pending_views) >= batch_size:
+                        flush()
+            bar.update(1)
+            top1 = meter.running_top1()
+            status = f'top1 {100 * top1:.1f}%' if top1 is not None else 'top1 -'
+            bar.set_postfix_str(status + (f', failed {len(result.failures)}' if result.failures else ''),
+                                refresh=False)
+        flush()
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    return result

