@@ -18,7 +18,7 @@ $(STAMP): setup.py
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m eval.flops i3d_r50 --views 3x10
+	$(BIN)/python -m eval.kinetics
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
