@@ -280,8 +280,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
     """Record i -> VideoSample, or FailedVideo when the video is missing or unreadable (never raises).
 
     Returning failures as items keeps a DataLoader worker alive and lets the runner list every video it
-    could not score.
+    could not score. A video that fails to decode is tried once more before it is given up: on network
+    storage a read can fail once and succeed the next time, and a 20k-video run should not lose it.
     """
+
+    attempts = 2
 
     def __init__(self, records: Sequence[VideoRecord], sampler: ViewSampler, fps: Optional[float] = None):
         self.records = list(records)
@@ -291,15 +294,26 @@ class MultiViewDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _decode(self, record: VideoRecord):
+        try:
+            source = open_source(record.path, fps=self.fps)
+            return load_views_frames(source, self.sampler)
+        except VideoDecodeError as e:
+            return str(e)
+        except Exception as e:  # a decoder bug must not end a 20k-video run; it is listed with its type
+            return f'{type(e).__name__}: {e}'
+
     def __getitem__(self, i: int) -> Union[VideoSample, FailedVideo]:
         record = self.records[i]
         if record.path is None:
             return FailedVideo(i, record, record.missing or 'no video')
-        try:
-            source = open_source(record.path, fps=self.fps)
-            plan, frames = load_views_frames(source, self.sampler)
-        except VideoDecodeError as e:
-            return FailedVideo(i, record, str(e))
-        except Exception as e:  # a decoder bug must not end a 20k-video run; it is listed with its type
-            return FailedVideo(i, record, f'{type(e).__name__}: {e}')
-        return VideoSample(i, record, plan, torch.from_numpy(frames))
+        reasons = []
+        for _ in range(self.attempts):
+            decoded = self._decode(record)
+            if not isinstance(decoded, str):
+                plan, frames = decoded
+                return VideoSample(i, record, plan, torch.from_numpy(frames))
+            reasons.append(decoded)
+        if len(set(reasons)) == 1:
+            return FailedVideo(i, record, f'{reasons[0]} (failed {len(reasons)} times)')
+        return FailedVideo(i, record, ' | '.join(f'attempt {k + 1}: {r}' for k, r in enumerate(reasons)))

@@ -93,6 +93,15 @@ class MultiViewMeter:
                 scores = self.video_scores(rows=[v])
                 self._correct += int(label_ranks(scores, self.labels[[v]])[0] == 0)
 
+    def restore(self, video: int, prob_sum: np.ndarray, output_sum: np.ndarray, view_count: int) -> None:
+        """Put back a video's view sums as stored by an earlier run (eval.store), bit for bit."""
+        self.prob_sum[video] = prob_sum
+        self.output_sum[video] = output_sum
+        self.view_count[video] = view_count
+        if view_count == self.num_views and self.labels[video] >= 0:
+            self._counted += 1
+            self._correct += int(label_ranks(self.video_scores(rows=[video]), self.labels[[video]])[0] == 0)
+
     @property
     def complete(self) -> np.ndarray:
         return self.view_count == self.num_views

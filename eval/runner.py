@@ -3,13 +3,14 @@
 Generic: any model taking (N, 3, T, H, W) and returning class scores, any Dataset yielding VideoSample /
 FailedVideo items (eval.datasets), any ViewSpec. The model's pretrained config supplies the pixel
 normalisation; the fully-convolutional Caffe2 head is asked for only when the crop is larger than the
-crop the model was trained on (cfg.crop_size).
+crop the model was trained on (cfg.crop_size). By default the model runs through the exact inference fast
+path (zoo.inference: BatchNorm folded, channels_last_3d) in fp32; reduced precision only when asked.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch
 from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from .meter import MultiViewMeter
 from .views import ViewSampler, ViewSpec
+
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+_AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def default_device() -> torch.device:
@@ -78,6 +82,32 @@ class Failure:
 
 
 @dataclass
+class VideoOutcome:
+    """A video finished by the runner: scored (its view sums, as the meter holds them) or failed (why)."""
+    index: int
+    record: VideoRecord
+    scored: bool
+    views: int = 0
+    prob_sum: Optional[np.ndarray] = None
+    output_sum: Optional[np.ndarray] = None
+    reason: str = ''
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = 'fp32', fast_path: bool = True,
+                  compile: bool = False) -> torch.nn.Module:
+    """The module the runner calls: the zoo fast path (exact in fp32), or the plain eager model."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    from zoo.inference import InferenceModel, prepare_for_inference
+    if not fast_path:
+        model = model.to(device).eval()
+        return torch.compile(model) if compile else model
+    if isinstance(model, InferenceModel):
+        return model.to(device)
+    return prepare_for_inference(model, precision=precision, compile=compile, device=device)
+
+
+@dataclass
 class EvalResult:
     records: List[VideoRecord]
     spec: ViewSpec
@@ -86,6 +116,8 @@ class EvalResult:
     seconds: float = 0.0
     device: str = 'cpu'
     fully_conv: bool = False
+    precision: str = 'fp32'
+    fast_path: bool = True
 
     @property
     def scored(self) -> np.ndarray:
@@ -105,11 +137,20 @@ def _identity(item):
 def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
              cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
              aggregation: str = 'softmax', fps: Optional[float] = None, amp: bool = False,
-             progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None) -> EvalResult:
-    """Score every record with ``spec``'s views; missing or unreadable videos end up in ``failures``.
+             progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None,
+             precision: Optional[str] = None, fast_path: bool = True, compile: bool = False,
+             indices: Optional[Sequence[int]] = None,
+             on_results: Optional[Callable[[List[VideoOutcome]], None]] = None,
+             progress_desc: Optional[str] = None) -> EvalResult:
+    """Score every record (or only those at ``indices``) with ``spec``'s views; missing or unreadable videos
+    end up in ``failures``.
 
     Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
     pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
+    ``precision`` 'fp32' (default), 'bf16' or 'fp16' (``amp=True`` is the older spelling of 'bf16');
+    ``fast_path=False`` runs the model as given (eager); ``compile`` wraps it in torch.compile.
+    ``on_results`` receives each group of videos as they finish (after every forward pass that completes
+    one, and at once for a failure), so a caller can store them durably while the run goes on.
     """
     from tqdm import tqdm
 
@@ -117,15 +158,22 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     device = torch.device(device) if device is not None else default_device()
     fps = fps if fps is not None else cfg.fps
     records = list(records)
+    precision = precision or ('bf16' if amp else 'fp32')
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, pin_memory=device.type == 'cuda')
     meter = MultiViewMeter(len(records), spec.num_views, cfg.num_classes if cfg.num_classes else 400,
                            aggregation=aggregation)
     normalise = ViewNormalizer.from_cfg(cfg)
     call_kwargs = model_call_kwargs(model, spec.crop_size)
-    model = model.to(device).eval()
-    result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs))
+    model = prepare_model(model, device, precision, fast_path, compile)
+    # the fast path applies its own precision; the eager model gets the same autocast here
+    autocast_dtype = _AUTOCAST_DTYPES.get(precision) if not fast_path else None
+    result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs),
+                        precision=precision, fast_path=fast_path)
+    report = on_results or (lambda outcomes: None)
 
     pending_views: List[torch.Tensor] = []
     pending_videos: List[int] = []
@@ -134,18 +182,23 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
         if not pending_views:
             return
         x = normalise(torch.stack(pending_views))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             out = model(x, **call_kwargs)
         meter.add(pending_videos, out.float().cpu().numpy())
+        finished = [v for v in dict.fromkeys(pending_videos) if meter.view_count[v] == meter.num_views]
         pending_views.clear()
         pending_videos.clear()
+        report([VideoOutcome(v, records[v], True, int(meter.view_count[v]), meter.prob_sum[v].copy(),
+                             meter.output_sum[v].copy()) for v in finished])
 
     start = time.perf_counter()
-    bar = tqdm(total=len(records), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
+               desc=progress_desc)
     with torch.inference_mode():
         for item in loader:
             if isinstance(item, FailedVideo):
                 result.failures.append(Failure(item.index, item.record, item.reason))
+                report([VideoOutcome(item.index, item.record, False, reason=item.reason)])
             else:
                 meter.set_label(item.index, item.record.label)
                 frames = item.frames.to(device, non_blocking=True)

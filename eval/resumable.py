@@ -1,0 +1,217 @@
+"""A test run that survives its processes: checks on --out before work, the manifest that identifies the run,
+which videos are left, scoring a rank's share into the durable store, and the merged result on rank 0."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .datasets import VideoRecord
+from .distributed import DistContext, shard
+from .meter import MultiViewMeter
+from .runner import EvalResult, Failure, VideoOutcome, evaluate
+from .store import FAILED, SCORED, ScoreStore, StoredVideo, merge, video_keys
+from .views import ViewSpec
+
+
+# ------------------------------------------------------------------------------------- identities
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): the same for the same weights however
+    they were obtained, so a moved checkpoint still matches and a different seed does not."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(records: Sequence[VideoRecord]) -> str:
+    """sha256 of the ordered (video id, label) list. Paths are left out so that the same set mounted
+    elsewhere (another node, a moved copy) is the same dataset, and a video that turns up later is too."""
+    text = '\n'.join(f'{r.video_id}\t{r.label}' for r in records)
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def build_manifest(*, model_name: str, weights: dict, weights_sha256: str, seed: Optional[int], spec: ViewSpec,
+                   aggregation: str, fps: Optional[float], records: Sequence[VideoRecord], num_classes: int,
+                   precision: str, fast_path: bool, info: dict) -> dict:
+    """``identity`` is what a resumed run must match; ``info`` (batch size, world size, command...) may change."""
+    weights_identity = {'kind': weights['kind'], 'state_dict_sha256': weights_sha256}
+    if weights['kind'] == 'random':
+        weights_identity['seed'] = seed
+    return {
+        'identity': {
+            'model': model_name,
+            'weights': weights_identity,
+            'views': {'spatial_crops': spec.spatial_crops, 'temporal_clips': spec.temporal_clips,
+                      'frames': spec.num_frames, 'sampling_rate': spec.sampling_rate, 'scale': spec.scale,
+                      'crop': spec.crop_size, 'aggregation': aggregation, 'fps': fps},
+            'dataset': {'videos': len(records), 'sha256': dataset_fingerprint(records)},
+            'num_classes': num_classes,
+            'precision': precision,
+            'fast_path': fast_path,
+        },
+        'info': dict(info, weights_source=weights.get('source')),
+    }
+
+
+# ------------------------------------------------------------------------------------- pre-flight
+
+def probe_writable(out_dir: str) -> Optional[str]:
+    """None when a file can be created, written, fsynced and removed in ``out_dir`` (created if needed)."""
+    probe = os.path.join(out_dir, f'.write-probe-{socket.gethostname()}-{os.getpid()}')
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(probe, 'wb') as f:
+            f.write(b'probe')
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        return f'cannot write to --out {out_dir}: {e.strerror or e} ({type(e).__name__})'
+    return None
+
+
+def estimated_output_bytes(num_videos: int, num_classes: int) -> int:
+    """A generous guess: the store record (two float64 sums), scores.npz (two float32 rows), a CSV line."""
+    per_video = 16 * num_classes + 8 * num_classes + 600
+    return int(1.5 * num_videos * per_video) + (1 << 20)
+
+
+def check_free_space(out_dir: str, num_videos: int, num_classes: int) -> Optional[str]:
+    need = estimated_output_bytes(num_videos, num_classes)
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError as e:
+        return f'cannot check free space of --out {out_dir}: {e}'
+    if free < need:
+        return (f'--out {out_dir} has {free / 2**20:.1f} MiB free, but the scores of {num_videos} videos need '
+                f'about {need / 2**20:.1f} MiB; free some space or choose another --out')
+    return None
+
+
+# ------------------------------------------------------------------------------------- the work
+
+@dataclass
+class ShardReport:
+    """What one rank did in this attempt (gathered on rank 0 for the summary)."""
+    rank: int
+    host: str
+    assigned: int = 0
+    scored: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    store_file: str = ''
+
+
+@dataclass
+class Plan:
+    keys: List[str]
+    done: Dict[str, str]              # key -> status, known from earlier attempts (all ranks agree)
+    todo: List[int]                   # record indices to score in this attempt, over all ranks
+    mine: List[int]                   # this rank's share of ``todo``
+    retried_failed: int = 0
+
+
+def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord], retry_failed: bool) -> Plan:
+    """Which videos remain, agreed by all ranks (each may see a different part of the store on non-shared
+    disks), and this rank's share. Failed videos are done unless ``retry_failed``."""
+    keys = video_keys([r.video_id for r in records])
+    local, _ = store.load()
+    done: Dict[str, str] = {}
+    for statuses in ctx.all_gather({k: v.status for k, v in local.items()}, 'agreeing on finished videos'):
+        for key, status in statuses.items():
+            if done.get(key) != SCORED:
+                done[key] = status
+    wanted = set(keys)
+    done = {k: s for k, s in done.items() if k in wanted}
+    todo = [i for i, k in enumerate(keys) if k not in done or (retry_failed and done[k] == FAILED)]
+    retried = sum(1 for i in todo if keys[i] in done)
+    return Plan(keys, done, todo, shard(todo, ctx.rank, ctx.world_size), retried)
+
+
+def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, spec, **evaluate_kwargs) -> ShardReport:
+    """Score this rank's share, appending every finished video to this rank's store file as it finishes."""
+    report = ShardReport(ctx.rank, socket.gethostname(), assigned=len(plan.mine))
+    if not plan.mine:
+        return report
+    writer = store.open_writer(ctx.rank)
+    report.store_file = writer.path
+
+    def store_outcomes(outcomes: List[VideoOutcome]) -> None:
+        writer.append([StoredVideo(plan.keys[o.index], SCORED if o.scored else FAILED, o.record.label, o.views,
+                                   o.prob_sum, o.output_sum, o.reason) for o in outcomes])
+        for o in outcomes:
+            if o.scored:
+                report.scored += 1
+            else:
+                report.failed += 1
+
+    start = time.perf_counter()
+    try:
+        evaluate(model, records, spec, indices=plan.mine, on_results=store_outcomes, **evaluate_kwargs)
+    finally:
+        writer.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def collect_on_main(ctx: DistContext, store: ScoreStore, keys: Sequence[str], report: ShardReport):
+    """Rank 0: every video's stored record and every rank's report (None elsewhere).
+
+    Rank 0 reads the store; what it cannot see (other nodes' files on a disk it does not share) is sent
+    by the ranks that hold it and appended to rank 0's own store, so its --out becomes complete.
+    """
+    ctx.barrier('waiting for every rank to finish its videos')
+    stored, torn = store.load() if ctx.is_main else ({}, 0)
+    missing = ctx.broadcast_from_main([k for k in keys if k not in stored] if ctx.is_main else None,
+                                      'listing videos rank 0 cannot see')
+    supplied: List[StoredVideo] = []
+    if missing and not ctx.is_main:
+        local, _ = store.load()
+        supplied = [local[k] for k in missing if k in local]
+    gathered = ctx.gather_to_main((report, supplied), 'gathering scores on rank 0')
+    if not ctx.is_main:
+        return None
+    reports = [r for r, _ in gathered]
+    extra = [v for _, videos in gathered[1:] for v in videos]
+    if extra:
+        writer = store.open_writer(0)
+        try:
+            writer.append(extra)
+        finally:
+            writer.close()
+        merge(extra, stored)
+    return stored, reports, torn
+
+
+def result_from_store(records: Sequence[VideoRecord], keys: Sequence[str], stored: Dict[str, StoredVideo],
+                      spec: ViewSpec, num_classes: int, aggregation: str, **result_fields) -> EvalResult:
+    """The run's result rebuilt from stored records only, so a resumed run and an uninterrupted one give
+    exactly the same scores (the float64 view sums are stored bit for bit)."""
+    meter = MultiViewMeter(len(records), spec.num_views, num_classes, aggregation=aggregation)
+    failures = []
+    for i, (record, key) in enumerate(zip(records, keys)):
+        meter.set_label(i, record.label)
+        video = stored.get(key)
+        if video is None:
+            failures.append(Failure(i, record, 'no result stored (a rank stopped before scoring it)'))
+        elif video.status == SCORED:
+            meter.restore(i, video.prob_sum, video.output_sum, video.views)
+        else:
+            failures.append(Failure(i, record, video.reason))
+    return EvalResult(list(records), spec, meter, failures=failures, **result_fields)
+
+
+def describe_store_counts(stored: Dict[str, StoredVideo]) -> Dict[str, int]:
+    statuses = [v.status for v in stored.values()]
+    return {'scored': statuses.count(SCORED), 'failed': statuses.count(FAILED)}
+

@@ -1,0 +1,98 @@
+"""Tiny registered models for the evaluation tests, and the eval.kinetics CLI run with them registered.
+
+    python -m tests.eval_test_models --model tiny_video_net --random-weights --data list.txt --out runs/x
+    torchrun --standalone --nproc_per_node 2 -m tests.eval_test_models ...
+
+``tiny_video_net`` costs milliseconds per view, so a test pays for process start-up, not for a ResNet-50;
+``slow_tiny_video_net`` sleeps EVAL_TEST_SECONDS_PER_BATCH (default 0.4) per forward pass, so a test can
+catch a run mid-way and kill it.
+"""
+import os
+import sys
+
+import torch
+
+import zoo
+from zoo._builder import build_model_with_cfg
+from zoo._registry import register_model
+
+NUM_CLASSES = 10
+_CFG = zoo.VideoPretrainedCfg(
+    num_frames=4, sampling_rate=2, mean=(114.75,) * 3, std=(57.375,) * 3, crop_size=48, test_scale=48,
+    test_crop_size=48, test_views=(1, 2), num_classes=NUM_CLASSES, label_set='test',
+    class_names=tuple(f'class{i}' for i in range(NUM_CLASSES)))
+default_cfgs = {'tiny_video_net': _CFG, 'slow_tiny_video_net': _CFG}
+
+
+class TinyVideoNet(torch.nn.Module):
+    """conv -> BN -> ReLU -> pool -> fc: a BatchNorm so the fast path has something to fold."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, seconds_per_batch: float = 0.0):
+        super().__init__()
+        self.conv1 = torch.nn.Conv3d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm3d(8)
+        self.fc = torch.nn.Linear(8, num_classes)
+        self.seconds_per_batch = seconds_per_batch
+
+    def forward(self, x):
+        if self.seconds_per_batch:
+            import time
+            time.sleep(self.seconds_per_batch)
+        return self.fc(self.bn1(self.conv1(x)).relu().mean(dim=(2, 3, 4)))
+
+
+@register_model
+def tiny_video_net(pretrained=False, **kwargs):
+    return build_model_with_cfg(TinyVideoNet, 'tiny_video_net', pretrained, **kwargs)
+
+
+@register_model
+def slow_tiny_video_net(pretrained=False, **kwargs):
+    delay = float(os.environ.get('EVAL_TEST_SECONDS_PER_BATCH', '0.4'))
+    return build_model_with_cfg(TinyVideoNet, 'slow_tiny_video_net', pretrained, seconds_per_batch=delay, **kwargs)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_synthetic_set(root: str, count: int) -> str:
+    """``count`` small synthetic clips of different lengths and a ``path label`` list of them; returns the list."""
+    from eval.synthetic import write_synthetic_video
+    os.makedirs(root, exist_ok=True)
+    lines = []
+    for i in range(count):
+        write_synthetic_video(os.path.join(root, f'clip{i}.mp4'), num_frames=12 + 3 * i, height=48, width=64, seed=i)
+        lines.append(f'clip{i}.mp4 {i % NUM_CLASSES}\n')
+    path = os.path.join(root, 'list.txt')
+    with open(path, 'w') as f:
+        f.writelines(lines)
+    return path
+
+
+def cli_args(model: str, data: str, out: str, *extra: str) -> list:
+    """Arguments of a cheap deterministic run: random weights (seed 0), 1x2 views in batches of 2 views, so a
+    batch never mixes videos and a video's scores do not depend on which videos a process got."""
+    return ['--model', model, '--random-weights', '--data', data, '--out', out, '--views', '1x2',
+            '--batch-size', '2', '--workers', '0', '--no-progress', *extra]
+
+
+def cli_env(seconds_per_batch: float = 0.0) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                             'MASTER_PORT', 'LOCAL_WORLD_SIZE')}
+    env['EVAL_TEST_SECONDS_PER_BATCH'] = str(seconds_per_batch)
+    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def python_command(args: list) -> list:
+    return [sys.executable, '-m', 'tests.eval_test_models', *args]
+
+
+def torchrun_command(nproc: int, args: list) -> list:
+    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', 'tests.eval_test_models', *args]
+
+
+if __name__ == '__main__':
+    from eval.kinetics import main
+    sys.exit(main())
