@@ -1,8 +1,23 @@
-"""Reading the frames a test needs from a frame folder (PIL) or a video file (PyAV), each frame once.
+"""Reading the frames a test needs from a frame folder (JPEG/PNG) or a video file (PyAV), each frame once.
 
 A source reports how many frames it decodes to; the caller asks for a set of frame indices and gets them
 back resized (short side to the test scale) as uint8 RGB, so resizing happens on uint8 before any float
 conversion. Anything unreadable raises ``VideoDecodeError`` with a reason meant for the failure list.
+
+Fast path (``DecodeOptions``; measured by ``python -m eval.bench_data``). The defaults are exact: they
+give the same pixels as decoding with PIL and resizing with ``resize_short_side``.
+
+- JPEG frames are decoded with simplejpeg when it is installed (libjpeg-turbo, the same library and
+  settings as PIL, so bit-identical output) straight into the output array; PIL is the fallback for a
+  missing simplejpeg, PNG/BMP frames, CMYK JPEGs and any file simplejpeg rejects (PIL then has the last
+  word on whether the frame is unreadable).
+- Video frames are converted by libswscale straight to an RGB24 ndarray (no PIL image, no extra copy),
+  with the decoder's frame threads on.
+- Opt-in and approximate: ``jpeg_draft`` (DCT-domain downscale by a power of 2 before the resize, for
+  frames at least twice the test scale) and ``video_resize='swscale'`` (libswscale bilinear resize in
+  YUV during the RGB conversion). Both are faster on large frames and differ from the exact path by
+  about one grey level on average (measured by eval.bench_data); they change nothing when no resize is
+  needed.
 """
 from __future__ import annotations
 
@@ -20,10 +35,56 @@ from .views import ViewPlan, ViewSampler, scaled_size
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v')
+_JPEG_EXTENSIONS = ('.jpg', '.jpeg')
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class VideoDecodeError(RuntimeError):
     """A video that cannot be read; the message is the reason shown in the failure list."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How frames are decoded and resized; the defaults give exactly the PIL reference pixels.
+
+    jpeg_decoder: 'auto' (simplejpeg when importable, else PIL), 'simplejpeg' (same, the fallback still
+        applies file by file) or 'pil'.
+    jpeg_draft: let libjpeg decode at 1/2, 1/4 or 1/8 size (the largest reduction that stays at or above
+        the resized size) before the bilinear resize. Approximate; off by default.
+    video_threads: PyAV ``thread_type`` ('AUTO' = frame threads where the codec has them, else slices;
+        'NONE' decodes on the calling thread).
+    video_resize: 'pil' (RGB24 then PIL bilinear, exact) or 'swscale' (resize inside the RGB conversion,
+        approximate, faster when the video is larger than the test scale).
+    """
+    jpeg_decoder: str = 'auto'
+    jpeg_draft: bool = False
+    video_threads: str = 'AUTO'
+    video_resize: str = 'pil'
+
+    def __post_init__(self):
+        if self.jpeg_decoder not in ('auto', 'simplejpeg', 'pil'):
+            raise ValueError(f'jpeg_decoder must be auto, simplejpeg or pil, got {self.jpeg_decoder!r}')
+        if self.video_resize not in ('pil', 'swscale'):
+            raise ValueError(f'video_resize must be pil or swscale, got {self.video_resize!r}')
+        if self.video_threads.upper() not in ('AUTO', 'FRAME', 'SLICE', 'NONE'):
+            raise ValueError(f'video_threads must be AUTO, FRAME, SLICE or NONE, got {self.video_threads!r}')
+
+
+EXACT = DecodeOptions()
+# What open_source uses when given no options. A module global so that a runner can switch the whole
+# evaluation (DataLoader workers are forked after it is set) without threading options through datasets.
+_default_options = EXACT
+
+
+def set_default_options(options: DecodeOptions) -> DecodeOptions:
+    """Make ``options`` the default of ``open_source``; returns the previous default."""
+    global _default_options
+    previous, _default_options = _default_options, options
+    return previous
+
+
+def default_options() -> DecodeOptions:
+    return _default_options
 
 
 def natural_key(name: str):
@@ -31,18 +92,43 @@ def natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
 
 
+def _simplejpeg():
+    """The simplejpeg module, or None. Imported on each call (a dict lookup once loaded) so that a test
+    can hide it."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def _to_rgb_array(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """RGB uint8 (height, width, 3) of ``image``, bilinear-resized when its size differs."""
+    if image.mode != 'RGB':
+        image = image.convert('RGB')
+    if (image.height, image.width) != (height, width):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.asarray(image)
+
+
 def resize_short_side(image: Image.Image, scale: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) with the short side resized to ``scale`` (long side as Caffe2's ScaleTransform).
 
     PIL's bilinear filter widens its support when downscaling (antialiased), like the ffmpeg scaler the
     Caffe2 authors used to store their videos at height 256; at the stored size it is the identity.
+    This is the reference every decode path is compared with.
     """
-    if image.mode != 'RGB':
-        image = image.convert('RGB')
-    h, w = scaled_size(image.height, image.width, scale)
-    if (h, w) != (image.height, image.width):
-        image = image.resize((w, h), Image.BILINEAR)
-    return np.asarray(image)
+    return _to_rgb_array(image, *scaled_size(image.height, image.width, scale))
+
+
+def draft_reduction(height: int, width: int, target_height: int, target_width: int) -> int:
+    """1, 2, 4 or 8: the largest power-of-2 JPEG reduction that keeps the frame at least the target size.
+
+    The same rule as PIL's ``Image.draft`` (scale = min(W // w, H // h), rounded down to a power of 2), so
+    that the simplejpeg and PIL draft paths decode at the same intermediate size.
+    """
+    ratio = min(width // max(target_width, 1), height // max(target_height, 1))
+    return next(f for f in (8, 4, 2, 1) if ratio >= f)
 
 
 @dataclass
@@ -52,12 +138,45 @@ class DecodedFrames:
     num_decoded: int                   # frames the source actually decoded to (may differ from the estimate)
 
 
+def _decode_jpeg_simplejpeg(sj, data: bytes, scale: int, draft: bool,
+                            slot: Optional[np.ndarray]) -> Optional[Tuple[Tuple[int, int], np.ndarray]]:
+    """(source size, resized frame) or None where PIL must decode (not a plain YCbCr/grey JPEG)."""
+    height, width, colorspace, _ = sj.decode_jpeg_header(data)
+    if colorspace not in ('YCbCr', 'Gray'):
+        return None  # CMYK/YCCK: PIL's own colour conversion is the reference
+    h, w = scaled_size(height, width, scale)
+    if (h, w) == (height, width):
+        # Frames stored at the test scale (Kinetics at height 256): decode straight into the output.
+        buffer = slot if slot is not None and slot.shape == (h, w, 3) else None
+        pixels = sj.decode_jpeg(data, colorspace='RGB', buffer=buffer)
+        return (height, width), pixels
+    kwargs = {}
+    if draft:
+        f = draft_reduction(height, width, h, w)
+        if f > 1:
+            kwargs = {'min_height': -(-height // f), 'min_width': -(-width // f)}
+    pixels = sj.decode_jpeg(data, colorspace='RGB', **kwargs)
+    return (height, width), _to_rgb_array(Image.fromarray(pixels), h, w)
+
+
+def _decode_pil(file: str, scale: int, draft: bool) -> Tuple[Tuple[int, int], np.ndarray]:
+    with Image.open(file) as image:
+        size = (image.height, image.width)
+        h, w = scaled_size(*size, scale)
+        if draft and image.format == 'JPEG' and image.mode == 'RGB' and (h, w) != size:
+            image.draft('RGB', (w, h))
+        image.load()  # PIL is lazy: force the decode here so a corrupt file fails here
+        # The target comes from the stored size: a drafted image is rounded up, its aspect may be off by one.
+        return size, _to_rgb_array(image, h, w)
+
+
 class FrameFolder:
-    """A folder of extracted frames (.jpg/.jpeg/.png), in numeric order of their file names."""
+    """A folder of extracted frames (.jpg/.jpeg/.png/.bmp), in numeric order of their file names."""
     kind = 'frames'
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, options: Optional[DecodeOptions] = None):
         self.path = path
+        self.options = options if options is not None else _default_options
         try:
             names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
         except OSError as e:
@@ -70,23 +189,45 @@ class FrameFolder:
     def num_frames(self) -> int:
         return len(self.frame_paths)
 
+    def _decode(self, file: str, scale: int, sj, slot: Optional[np.ndarray]):
+        draft = self.options.jpeg_draft
+        if sj is not None and file.lower().endswith(_JPEG_EXTENSIONS):
+            try:
+                with open(file, 'rb') as f:
+                    data = f.read()
+                got = _decode_jpeg_simplejpeg(sj, data, scale, draft, slot)
+                if got is not None:
+                    return got
+            except (OSError, ValueError):
+                pass  # simplejpeg is stricter than PIL (warnings are errors): PIL decides
+        return _decode_pil(file, scale, draft)
+
     def read(self, indices: Sequence[int], scale: int) -> DecodedFrames:
-        frames, size = [], None
-        for i in indices:
+        sj = _simplejpeg() if self.options.jpeg_decoder != 'pil' else None
+        out: Optional[np.ndarray] = None
+        size = None
+        first: Dict[int, int] = {}
+        for pos, i in enumerate(indices):
+            i = int(i)
+            if i in first:
+                out[pos] = out[first[i]]
+                continue
             file = self.frame_paths[i]
             try:
-                with Image.open(file) as image:
-                    image.load()  # PIL is lazy: force the decode here so a corrupt file fails here
-                    this_size = (image.height, image.width)
-                    pixels = resize_short_side(image, scale)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                this_size, pixels = self._decode(file, scale, sj, None if out is None else out[pos])
+            except _PIL_ERRORS as e:
                 raise VideoDecodeError(f'unreadable frame {os.path.basename(file)}: {e}') from e
             if size is None:
                 size = this_size
+                out = np.empty((len(indices),) + pixels.shape, np.uint8)
             elif this_size != size:
                 raise VideoDecodeError(f'frame {os.path.basename(file)} is {this_size}, earlier frames {size}')
-            frames.append(pixels)
-        return DecodedFrames(np.stack(frames), size, self.num_frames)
+            if not np.may_share_memory(pixels, out):  # simplejpeg wrote it in place already
+                out[pos] = pixels
+            first[i] = pos
+        if out is None:
+            out = np.zeros((0, 1, 1, 3), np.uint8)
+        return DecodedFrames(out, size, self.num_frames)
 
 
 class VideoFile:
@@ -95,12 +236,17 @@ class VideoFile:
     Frames are numbered as the decoder outputs them (Caffe2 decodes every frame and indexes that list).
     With ``fps`` set and different from the stream's rate, output frame n is the source frame shown at
     time n / fps, i.e. source index floor(n * source_fps / fps).
+
+    The whole stream is decoded, without seeking: the 3x10 test needs frames from the first to the last
+    (the last clips wrap around to the start), and decoding to the end is what verifies the frame count
+    the views were planned with. Frames nobody asked for are decoded but never converted to RGB.
     """
     kind = 'file'
 
-    def __init__(self, path: str, fps: Optional[float] = None):
+    def __init__(self, path: str, fps: Optional[float] = None, options: Optional[DecodeOptions] = None):
         import av
         self.path = path
+        self.options = options if options is not None else _default_options
         try:
             with av.open(path) as container:
                 if not container.streams.video:
@@ -134,50 +280,63 @@ class VideoFile:
     def num_frames(self) -> int:
         return self._output_count(self.num_source_frames)
 
+    def _convert(self, frame, height: int, width: int) -> np.ndarray:
+        if (frame.height, frame.width) == (height, width):
+            return frame.to_ndarray(format='rgb24')   # the same libswscale conversion to_image() does
+        if self.options.video_resize == 'swscale':
+            return frame.to_ndarray(format='rgb24', width=width, height=height, interpolation='BILINEAR')
+        return _to_rgb_array(Image.fromarray(frame.to_ndarray(format='rgb24')), height, width)
+
     def read(self, indices: Sequence[int], scale: int) -> DecodedFrames:
         import av
         wanted: Dict[int, List[int]] = {}
         for pos, n in enumerate(indices):
             wanted.setdefault(self._source_index(int(n)), []).append(pos)
-        out: List[Optional[np.ndarray]] = [None] * len(indices)
+        out: Optional[np.ndarray] = None
+        filled = 0
         size, decoded = None, 0
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
-                stream.thread_type = 'AUTO'  # frame threads: most of the decode time for h264/vp9
+                stream.thread_type = self.options.video_threads.upper()
                 for decoded, frame in enumerate(container.decode(stream), start=1):
                     positions = wanted.get(decoded - 1)
                     if positions is None:
                         continue
-                    image = frame.to_image()
                     if size is None:
-                        size = (image.height, image.width)
-                    pixels = resize_short_side(image, scale)
+                        size = (frame.height, frame.width)
+                        target = scaled_size(*size, scale)
+                        out = np.empty((len(indices),) + target + (3,), np.uint8)
+                    elif (frame.height, frame.width) != size:
+                        raise VideoDecodeError(f'frame {decoded - 1} is {(frame.height, frame.width)}, '
+                                               f'earlier frames {size}')
+                    pixels = self._convert(frame, *target)
                     for pos in positions:
                         out[pos] = pixels
+                    filled += len(positions)
         except av.FFmpegError as e:
             raise VideoDecodeError(f'decoding failed after {decoded} frames: {e}') from e
         if decoded == 0:
             raise VideoDecodeError('no frame could be decoded')
         num_out = self._output_count(decoded)
-        if any(o is None for o in out):
+        if filled < len(indices):
             # The packet count over-estimated the frames; the caller re-plans with num_decoded.
             return DecodedFrames(np.zeros((0, 1, 1, 3), np.uint8), size, num_out)
-        return DecodedFrames(np.stack(out), size, num_out)
+        return DecodedFrames(out, size, num_out)
 
 
 Source = Union[FrameFolder, VideoFile]
 
 
-def open_source(path: str, fps: Optional[float] = None) -> Source:
-    """A frame folder (directory) or a video file (by extension)."""
+def open_source(path: str, fps: Optional[float] = None, options: Optional[DecodeOptions] = None) -> Source:
+    """A frame folder (directory) or a video file (by extension); ``options`` default: default_options()."""
     if os.path.isdir(path):
-        return FrameFolder(path)
+        return FrameFolder(path, options=options)
     if not os.path.exists(path):
         raise VideoDecodeError('file does not exist')
     if os.path.getsize(path) == 0:
         raise VideoDecodeError('empty file')
-    return VideoFile(path, fps=fps)
+    return VideoFile(path, fps=fps, options=options)
 
 
 def load_views_frames(source: Source, sampler: ViewSampler) -> Tuple[ViewPlan, np.ndarray]:
