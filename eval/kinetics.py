@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='DataLoader decode processes per rank (default: its CPUs - 1, at most 4; 0: in-process)')
     p.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; under torchrun cuda:LOCAL_RANK)')
     p.add_argument('--precision', choices=PRECISIONS,
-                   help='fp32 (default, exact), or bf16 / fp16 autocast (faster on GPU, not bit-exact)')
+                   help='fp32 (default, exact), or bf16 / fp16 backbone with a float32 head (faster, not bit-exact)')
     p.add_argument('--amp', action='store_true', help='deprecated: same as --precision bf16')
     p.add_argument('--no-fast-path', action='store_true',
                    help='run the plain eager model instead of the BN-folded channels_last_3d copy')

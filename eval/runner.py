@@ -15,11 +15,12 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from zoo.inference import PRECISIONS
+
 from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from .meter import MultiViewMeter
 from .views import ViewSampler, ViewSpec
 
-PRECISIONS = ('fp32', 'bf16', 'fp16')
 _AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
