@@ -15,40 +15,42 @@ PRECISIONS = ('fp32', 'bf16', 'fp16')
 _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
+def _is_foldable_norm(module: nn.Module) -> bool:
+    """BatchNorm of any flavour in eval semantics (running statistics; scale and shift optional), or
+    Caffe2's frozen AffineChannel."""
+    if isinstance(module, AffineChannel3d):
+        return True
+    return all(isinstance(getattr(module, name, None), torch.Tensor) for name in ('running_mean', 'running_var')) \
+        and hasattr(module, 'eps')
+
+
 def _norm_scale_shift(norm: nn.Module):
     """Per-channel (scale, shift) with norm(x) == x * scale + shift in eval mode."""
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        if norm.running_mean is None:
-            raise ValueError('cannot fold a BatchNorm without running statistics')
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight.double()
-        shift = -norm.running_mean.double() * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias.double()
-        return scale, shift
     if isinstance(norm, AffineChannel3d):
         return norm.weight.double(), norm.bias.double()
-    raise TypeError(f'cannot fold {type(norm).__name__}')
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if getattr(norm, 'weight', None) is not None:
+        scale = scale * norm.weight.double()
+    shift = -norm.running_mean.double() * scale
+    if getattr(norm, 'bias', None) is not None:
+        shift = shift + norm.bias.double()
+    return scale, shift
 
 
 def fold_norm_into_conv(conv: nn.Conv3d, norm: nn.Module) -> nn.Conv3d:
-    """A new conv computing norm(conv(x)) in eval mode; the fold is done in float64 to keep it exact."""
+    """A copy of ``conv`` (same class, so e.g. TF-SAME padding is kept) computing norm(conv(x)) in eval
+    mode; the fold is done in float64 to keep it exact."""
     scale, shift = _norm_scale_shift(norm)
-    fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode).to(conv.weight.device)
+    fused = copy.deepcopy(conv)
     weight = conv.weight.double() * scale.view(-1, 1, 1, 1, 1)
     bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-    with torch.no_grad():
-        fused.weight.copy_(weight.to(conv.weight.dtype))
-        fused.bias.copy_(bias.to(conv.weight.dtype))
+    fused.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+    fused.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
     return fused
 
 
-_NORMS = (nn.modules.batchnorm._BatchNorm, AffineChannel3d)
-# (conv, norm) attribute pairs of the zoo's ResNet3D blocks, stem and non-local blocks.
-_PAIRS = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3'), ('out', 'bn'))
+# (conv, norm) attribute pairs: ResNet3D blocks and stem, non-local blocks, Inception-I3D's Unit3D.
+_PAIRS = (('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3'), ('out', 'bn'), ('conv', 'bn'))
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -57,12 +59,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in model.modules():
         for conv_name, norm_name in _PAIRS:
             conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
-            if isinstance(conv, nn.Conv3d) and isinstance(norm, _NORMS):
+            if isinstance(conv, nn.Conv3d) and norm is not None and _is_foldable_norm(norm):
                 setattr(module, conv_name, fold_norm_into_conv(conv, norm))
                 setattr(module, norm_name, nn.Identity())
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
-                if isinstance(module[i], nn.Conv3d) and isinstance(module[i + 1], _NORMS):
+                if isinstance(module[i], nn.Conv3d) and _is_foldable_norm(module[i + 1]):
                     module[i] = fold_norm_into_conv(module[i], module[i + 1])
                     module[i + 1] = nn.Identity()
     return model
