@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from .decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
+from .flops import parse_views as parse_view_counts
 from .views import ViewSampler, ViewSpec
 
 # The Caffe2 i3d_r50 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256.
@@ -42,7 +43,7 @@ DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), 'zoo_bench_data')
 
 def parse_views(views: str, base: ViewSpec = I3D_R50_3X10) -> ViewSpec:
     """'3x10' (crops x clips) on the i3d_r50 geometry."""
-    crops, clips = (int(v) for v in views.lower().split('x'))
+    crops, clips = parse_view_counts(views)
     return ViewSpec(base.num_frames, base.sampling_rate, crops, clips, base.scale, base.crop_size)
 
 
