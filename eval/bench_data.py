@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from .decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
-from .flops import parse_views as parse_view_counts
+from .config import parse_views as parse_view_counts
 from .views import ViewSampler, ViewSpec
 
 # The Caffe2 i3d_r50 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256.

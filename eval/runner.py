@@ -17,6 +17,7 @@ import torch
 
 from zoo.inference import PRECISIONS
 
+from .config import fully_conv_head, model_class_names
 from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from .meter import MultiViewMeter
 from .views import ViewSampler, ViewSpec
@@ -71,18 +72,17 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
 
 
 def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
-    """``fully_conv=True`` only when the crop exceeds the training crop (then the Caffe2 test head applies)."""
-    cfg = getattr(model, 'pretrained_cfg', None)
-    if cfg is not None and crop_size > cfg.crop_size:
-        return {'fully_conv': True}
-    return {}
+    """``fully_conv=True`` when eval.config.fully_conv_head says the Caffe2 test head applies."""
+    return {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop_size) else {}
 
 
 @dataclass
 class Failure:
+    """A video of the result that was not scored: missing (never found) or failed (found, not decodable)."""
     index: int
     record: VideoRecord
     reason: str
+    missing: bool = False
 
 
 @dataclass
@@ -130,7 +130,9 @@ class EvalResult:
     def counts(self) -> dict:
         labels = np.array([r.label for r in self.records], dtype=np.int64)
         scored = self.scored
+        missing = sum(f.missing for f in self.failures)
         return {'annotated': len(self.records), 'scored': int(scored.sum()), 'failed': len(self.failures),
+                'missing': missing, 'decode_failed': len(self.failures) - missing,
                 'labelled': int((labels >= 0).sum()), 'labelled_scored': int(((labels >= 0) & scored).sum())}
 
 
@@ -140,9 +142,10 @@ def _identity(item):
 
 def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
              cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
-             aggregation: str = 'softmax', fps: Optional[float] = None, amp: bool = False,
+             aggregation: str = 'softmax', fps: Optional[float] = None,
              progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None,
-             precision: Optional[str] = None, fast_path: bool = True, compile: bool = False,
+             precision: str = 'fp32', fast_path: bool = True, compile: bool = False,
+             num_classes: Optional[int] = None, fully_conv: Optional[bool] = None,
              indices: Optional[Sequence[int]] = None,
              on_results: Optional[Callable[[List[VideoOutcome]], None]] = None,
              progress_desc: Optional[str] = None) -> EvalResult:
@@ -151,7 +154,8 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
 
     Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
     pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
-    ``precision`` 'fp32' (default), 'bf16' or 'fp16' (``amp=True`` is the older spelling of 'bf16');
+    ``precision`` 'fp32' (default), 'bf16' or 'fp16'; ``num_classes`` and ``fully_conv`` default to the rules
+    of eval.config for the model's config;
     ``fast_path=False`` runs the model as given (eager); ``compile`` wraps it in torch.compile.
     ``on_results`` receives each group of videos as they finish (after every forward pass that completes
     one, and at once for a failure), so a caller can store them durably while the run goes on.
@@ -162,16 +166,17 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     device = torch.device(device) if device is not None else default_device()
     fps = fps if fps is not None else cfg.fps
     records = list(records)
-    precision = precision or ('bf16' if amp else 'fp32')
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, pin_memory=device.type == 'cuda')
-    meter = MultiViewMeter(len(records), spec.num_views, cfg.num_classes if cfg.num_classes else 400,
+    meter = MultiViewMeter(len(records), spec.num_views, num_classes or len(model_class_names(cfg)),
                            aggregation=aggregation)
     normalise = ViewNormalizer.from_cfg(cfg)
-    call_kwargs = model_call_kwargs(model, spec.crop_size)
+    if fully_conv is None:
+        fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), spec.crop_size)
+    call_kwargs = {'fully_conv': True} if fully_conv else {}
     model = prepare_model(model, device, precision, fast_path, compile)
     # the fast path applies its own precision; the eager model gets the same autocast here
     autocast_dtype = _AUTOCAST_DTYPES.get(precision) if not fast_path else None
