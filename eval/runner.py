@@ -140,6 +140,48 @@ def _identity(item):
     return item
 
 
+class ViewBatcher:
+    """Views of consecutive videos share forward passes of up to ``batch_size`` views; each video is reported
+    (``report``) as soon as its last view is scored. ``autocast_dtype``: the eager model's reduced precision
+    (the fast path applies its own)."""
+
+    def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
+                 records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
+                 device: torch.device, autocast_dtype: Optional[torch.dtype]):
+        self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
+        self.records, self.report, self.batch_size = records, report, batch_size
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.views: List[torch.Tensor] = []
+        self.videos: List[int] = []
+
+    def add(self, video: int, view: torch.Tensor) -> None:
+        self.views.append(view)
+        self.videos.append(video)
+        if len(self.views) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.views:
+            return
+        x = self.normalise(torch.stack(self.views))
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(x, **self.call_kwargs)
+        meter = self.meter
+        meter.add(self.videos, out.float().cpu().numpy())
+        finished = [v for v in dict.fromkeys(self.videos) if meter.view_count[v] == meter.num_views]
+        self.views.clear()
+        self.videos.clear()
+        self.report([VideoOutcome(v, self.records[v], True, int(meter.view_count[v]), meter.prob_sum[v].copy(),
+                                  meter.output_sum[v].copy()) for v in finished])
+
+
+def _show_progress(bar, meter: MultiViewMeter, failed: int) -> None:
+    top1 = meter.running_top1()
+    status = f'top1 {100 * top1:.1f}%' if top1 is not None else 'top1 -'
+    bar.set_postfix_str(status + (f', failed {failed}' if failed else ''), refresh=False)
+
+
 def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
              cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
              aggregation: str = 'softmax', fps: Optional[float] = None,
@@ -178,28 +220,12 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
         fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), spec.crop_size)
     call_kwargs = {'fully_conv': True} if fully_conv else {}
     model = prepare_model(model, device, precision, fast_path, compile)
-    # the fast path applies its own precision; the eager model gets the same autocast here
-    autocast_dtype = _AUTOCAST_DTYPES.get(precision) if not fast_path else None
     result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs),
                         precision=precision, fast_path=fast_path)
     report = on_results or (lambda outcomes: None)
 
-    pending_views: List[torch.Tensor] = []
-    pending_videos: List[int] = []
-
-    def flush():
-        if not pending_views:
-            return
-        x = normalise(torch.stack(pending_views))
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            out = model(x, **call_kwargs)
-        meter.add(pending_videos, out.float().cpu().numpy())
-        finished = [v for v in dict.fromkeys(pending_videos) if meter.view_count[v] == meter.num_views]
-        pending_views.clear()
-        pending_videos.clear()
-        report([VideoOutcome(v, records[v], True, int(meter.view_count[v]), meter.prob_sum[v].copy(),
-                             meter.output_sum[v].copy()) for v in finished])
-
+    batcher = ViewBatcher(model, call_kwargs, normalise, meter, records, report, batch_size, device,
+                          _AUTOCAST_DTYPES.get(precision) if not fast_path else None)
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
                desc=progress_desc)
@@ -210,18 +236,11 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
                 report([VideoOutcome(item.index, item.record, False, reason=item.reason)])
             else:
                 meter.set_label(item.index, item.record.label)
-                frames = item.frames.to(device, non_blocking=True)
-                for _, view in iter_views(item, frames):
-                    pending_views.append(view)
-                    pending_videos.append(item.index)
-                    if len(pending_views) >= batch_size:
-                        flush()
+                for _, view in iter_views(item, item.frames.to(device, non_blocking=True)):
+                    batcher.add(item.index, view)
             bar.update(1)
-            top1 = meter.running_top1()
-            status = f'top1 {100 * top1:.1f}%' if top1 is not None else 'top1 -'
-            bar.set_postfix_str(status + (f', failed {len(result.failures)}' if result.failures else ''),
-                                refresh=False)
-        flush()
+            _show_progress(bar, meter, len(result.failures))
+        batcher.flush()
     bar.close()
     result.seconds = time.perf_counter() - start
     return result
