@@ -457,9 +457,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         clips_per_s = network_clips_per_s()
     if clips_per_s:
         spec = model_views(args.views)
-        report['network'] = {'model': 'i3d_r50 fast fp32 32x256', 'clips_per_s': clips_per_s,
+        network = 'given by --network-clips-per-s' if args.network_clips_per_s else 'i3d_r50 fast fp32 32x256'
+        report['network'] = {'model': network, 'clips_per_s': clips_per_s,
                              'videos_per_s': clips_per_s / spec.num_views}
-        print(f'network: i3d_r50 fast fp32 32x256 {clips_per_s:.3f} clips/s = '
+        print(f'network: {network} {clips_per_s:.3f} clips/s = '
               f'{clips_per_s / spec.num_views:.4f} videos/s at {spec.name} views')
     print(DATA_HEADER)
     report['data'] = bench_data(args.videos, args.frames, views=args.views, repeats=args.repeats,

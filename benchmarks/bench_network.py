@@ -26,7 +26,7 @@ if __package__ in (None, ''):   # run as a script: import this checkout's packag
 import torch
 
 import zoo
-from benchmarks.machine import Peak, machine_info, machine_peak
+from benchmarks.machine import Peak, machine_info, machine_load, machine_peak
 from benchmarks.timing import best_seconds
 from eval.flops import flop_report
 from eval.runner import model_call_kwargs
@@ -51,6 +51,7 @@ class NetworkResult:
 class BenchReport:
     machine: Dict[str, str]
     peak: Dict[str, Peak]
+    load_before: Dict[str, object] = field(default_factory=dict)   # a shared machine's load skews every rate
     network: List[NetworkResult] = field(default_factory=list)
     data: List[dict] = field(default_factory=list)
     end_to_end: List[dict] = field(default_factory=list)
@@ -216,11 +217,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
+    load = machine_load()
     dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16}
     if device.type == 'cuda':
         dtypes['fp16'] = torch.float16
     peaks = {k: machine_peak(dtype, device, args.peak_seconds) for k, dtype in dtypes.items()}
-    report = BenchReport(machine=machine_info(device), peak=peaks)
+    report = BenchReport(machine=machine_info(device), peak=peaks, load_before=load)
     print('machine:', ', '.join(f'{k}={v}' for k, v in report.machine.items()))
     print('machine peak (best probe):', ', '.join(format_peak(p) for p in peaks.values()))
     for p in peaks.values():
@@ -246,6 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'end-to-end' in args.only and device.type == 'cpu':
         print(bench_data.E2E_HEADER)
         report.end_to_end = bench_data.bench_end_to_end()
+    print('machine load (1/5/15 min) before', report.load_before, 'after', machine_load())
     with open(args.json, 'w') as f:
         json.dump(report.to_dict(), f, indent=2)
     print(f'wrote {args.json}')
