@@ -14,6 +14,7 @@ import os
 import pathlib
 import posixpath
 import re
+import socket
 import time
 import urllib.parse
 from typing import Optional, Tuple
@@ -54,8 +55,17 @@ class OfflineError(DownloadError):
     """Downloads are switched off (ZOO_OFFLINE) and the file is not in the cache."""
 
 
+class HostNotFoundError(DownloadError):
+    """The download host's name does not resolve (no network, or no DNS): never retried, since waiting does
+    not bring a network back; the message says where to put the file instead."""
+
+
 class _Transient(Exception):
     """A failure worth retrying: connection lost, timeout, short body, HTTP 5xx or 429."""
+
+
+class _NameNotResolved(Exception):
+    """The host name of a URL did not resolve; args: the resolver's reason."""
 
 
 # converters.files.cache_root decides the cache; this name is the one this module has always exported.
@@ -237,6 +247,8 @@ def _download(url: str, path: pathlib.Path, sha256: Optional[str], size: Optiona
             actual_sha256, actual_size = _stream_into(part, url, session, headers, expected_size,
                                                       progress=progress, timeout=timeout, label=path.name)
             break
+        except _NameNotResolved as e:
+            raise HostNotFoundError(_no_network_message(url, path, reason=e.args[0])) from None
         except _Transient as e:
             if attempt >= retries:
                 kept = f'; {part} is kept and the next fetch resumes from it' if part.exists() else ''
@@ -284,6 +296,9 @@ def _stream_into(part: pathlib.Path, url: str, session: requests.Session, header
     try:
         response = session.get(url, headers=request_headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as e:
+        reason = _name_resolution_failure(e)
+        if reason is not None:
+            raise _NameNotResolved(reason) from e
         raise _Transient(f'connection failed ({e})') from e
     except requests.RequestException as e:
         raise DownloadError(f'{url}: {e}') from e
@@ -361,3 +376,28 @@ def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int], 
     first, last, total = match.groups()
     return int(first), int(last), None if total == '*' else int(total)
 
+
+def _name_resolution_failure(error: BaseException) -> Optional[str]:
+    """The resolver's message when ``error`` (or what it wraps) is a failed host name lookup, else None.
+
+    requests wraps urllib3's MaxRetryError, whose ``reason`` wraps the socket.gaierror; the chain is walked
+    rather than the message matched, so it holds across library versions and locales. Every gaierror counts,
+    EAI_AGAIN ('Temporary failure in name resolution') too: it is what a machine without a network gets."""
+    seen, pending = set(), [error]
+    while pending:
+        e = pending.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return str(e)
+        pending += [e.__cause__, e.__context__, getattr(e, 'reason', None), *e.args]
+    return None
+
+
+def _no_network_message(url: str, path: pathlib.Path, reason: str) -> str:
+    host = urllib.parse.urlsplit(url).hostname
+    return (f'cannot download {url}: the host {host} cannot be resolved ({reason}), so this machine has no '
+            f'network or no DNS; not retried. The file is expected at {path}. Two ways out: pass a local copy, '
+            f"zoo.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{path.name}')), "
+            f'or place the file at {path} (it is checked on first use).')
