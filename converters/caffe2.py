@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -23,6 +22,7 @@ from .caffe2_mapping import (AMBIGUITY_NOTE, BLOB_RULES, Caffe2MappingError, Che
                              blobs_to_state_dict, caffe2_blob_name, checkpoint_traits, closest_models,
                              matching_models, state_dict_to_blobs, target_state_dict, zoo_key)
 from .caffe2_pickle import Caffe2CheckpointError, read_caffe2_blobs
+from .files import atomic_write, cache_root, sha256_file, verify_file
 
 __all__ = ['load_pretrained', 'convert_checkpoint', 'ConvertedCheckpoint', 'read_caffe2_blobs',
            'blobs_to_state_dict', 'state_dict_to_blobs', 'zoo_key', 'caffe2_blob_name', 'checkpoint_traits',
@@ -80,18 +80,12 @@ def save_state_dict(state_dict: Dict[str, torch.Tensor], out: str | os.PathLike,
     if out.suffix not in ZOO_STATE_DICT_SUFFIXES:
         raise ValueError(f'{out}: unknown output format {out.suffix!r}; use .pth or .safetensors')
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_write(out, 'wb') as f:
         if out.suffix == '.safetensors':
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
+            from safetensors.torch import save
+            f.write(save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata))
         else:
-            torch.save(state_dict, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            torch.save(state_dict, f)
     return out
 
 
@@ -111,20 +105,17 @@ def _source_file(cfg, cache_dir) -> Path:
 
 def _verified_sha256(path: Path, pinned: Optional[str], from_cache: bool) -> str:
     """The file's sha256, checked against the config's pinned one."""
-    from .download import ChecksumError, read_record, sha256_file
+    from .download import ChecksumError, read_record
     if from_cache:  # fetch has just verified the file against the pin or its own record: no second hash
         if pinned:
             return pinned.lower()
         record = read_record(path)
         if record:
             return record['sha256']
-    digest = sha256_file(path)
-    if pinned and digest != pinned.lower():
-        # A local file of the registered name that is not the registered file is a corrupt or different
-        # copy; to use a different checkpoint on purpose, overlay sha256=None with the file.
-        raise ChecksumError(f'{path}: sha256 {digest} differs from the pinned {pinned.lower()}; pass '
-                            f'pretrained_cfg_overlay=dict(file=..., sha256=None) to use a different file')
-    return digest
+    # A local file of the registered name that is not the registered file is a corrupt or different copy;
+    # to use a different checkpoint on purpose, overlay sha256=None with the file.
+    return verify_file(path, pinned, expected_from='the pinned checksum', error=ChecksumError,
+                       hint='Pass pretrained_cfg_overlay=dict(file=..., sha256=None) to use a different file.')
 
 
 def converted_cache_path(cache_root: Path, model_name: str, source_sha256: str) -> Path:
@@ -141,7 +132,6 @@ def load_pretrained(cfg, model_name: str, cache_dir: Optional[str | os.PathLike]
     recorded on first download). A pickle is parsed once: its conversion is cached as
     ``<cache>/converted/<model_name>-<sha256[:16]>.safetensors``.
     """
-    from .download import cache_dir as default_cache_dir
     source = _source_file(cfg, cache_dir)
     if source.suffix in ZOO_STATE_DICT_SUFFIXES:
         from zoo import load_state_dict_file
@@ -149,8 +139,8 @@ def load_pretrained(cfg, model_name: str, cache_dir: Optional[str | os.PathLike]
             _verified_sha256(source, cfg.sha256, from_cache=False)
         return load_state_dict_file(source)
     digest = _verified_sha256(source, cfg.sha256, from_cache=not cfg.file)
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cached = converted_cache_path(cache_root, model_name, digest)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    cached = converted_cache_path(root, model_name, digest)
     target = target_state_dict(model_name, cfg.num_classes)
     if cached.is_file():
         from safetensors.torch import load_file
@@ -191,7 +181,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_file_identity(path: Path) -> None:
-    from .download import sha256_file
     print(f'path:   {path}')
     print(f'sha256: {sha256_file(path)}')
     print(f'size:   {path.stat().st_size}')

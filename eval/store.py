@@ -16,6 +16,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from converters.files import atomic_write
+
 STORE_DIR = 'store'
 MANIFEST = 'manifest.json'
 STORE_SUFFIX = '.scores'
@@ -185,15 +187,9 @@ def read_manifest(run_dir: str) -> Optional[dict]:
 def write_manifest(run_dir: str, manifest: dict) -> None:
     """Atomically (temporary file, fsync, rename): a crash never leaves half a manifest."""
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, MANIFEST)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with atomic_write(os.path.join(run_dir, MANIFEST), 'w', encoding='utf-8') as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write('\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(run_dir)
 
 
 def _flatten(value, prefix: str = '') -> Dict[str, object]:

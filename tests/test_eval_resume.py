@@ -62,9 +62,11 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescorin
 
     out = str(tmp_path / 'killed')
     proc = subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
-                            cwd=REPO_ROOT, env=cli_env(seconds_per_batch=0.5), stdout=subprocess.DEVNULL,
+                            cwd=REPO_ROOT, env=cli_env(seconds_per_batch=2.0), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # 2 s per video: the kill lands before the last video even if this process is descheduled for
+        # 10 s after seeing the first one stored (the reference and resumed runs do not sleep)
         deadline = time.time() + 120
         while not stored_keys(out) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
