@@ -381,7 +381,7 @@ class ResNet3D(TrunkFeaturesMixin, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
         """Parameter groups for layer-wise LR decay: the stem, then each stage (coarse) or each block."""
-        return dict(stem=r'^(conv1|bn1)\.', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
+        return dict(stem=r'^(?:conv1|bn1)\.', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
