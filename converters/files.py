@@ -106,7 +106,7 @@ def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _current_umask() -> int:
@@ -115,7 +115,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
+def fsync_dir(directory) -> None:
     """Make a rename durable: a file fsynced but not its folder entry can vanish after a power cut.
     Best effort: some systems cannot open or fsync a folder."""
     try:

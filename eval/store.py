@@ -16,7 +16,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.files import atomic_write
+from converters.files import atomic_write, fsync_dir
 
 STORE_DIR = 'store'
 MANIFEST = 'manifest.json'
@@ -105,27 +105,13 @@ def merge(videos: Iterable[StoredVideo], into: Optional[Dict[str, StoredVideo]] 
     return merged
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a new directory entry durable (a file fsynced but not its folder can vanish after a power cut)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class StoreWriter:
     """Appends records to one file of this process; every ``append`` is flushed and fsynced before returning."""
 
     def __init__(self, path: str):
         self.path = path
         self._file = open(path, 'ab')
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         self.written = 0
 
     def append(self, videos: Sequence[StoredVideo]) -> None:
