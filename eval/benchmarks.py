@@ -6,14 +6,15 @@ Kinetics (400/600/700 share the CSV format), UCF-101 and HMDB-51 (official split
 """
 from __future__ import annotations
 
+import csv
 import glob
 import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .datasets import (VIDEO_EXTENSIONS, DataNotFound, LabelMap, VideoRecord, normalise_label, read_class_folders,
-                       read_dataset, read_kinetics_csv, read_list_file, read_unlabelled_folder, video_root)
+from .datasets import (DataNotFound, LabelMap, VideoRecord, find_annotations, normalise_label, read_class_folders,
+                       read_dataset, read_list_file, read_unlabelled_folder, video_root)
 
 # (records, description of what was read) from (data, annotations, split, labels)
 Reader = Callable[[str, Optional[str], Optional[str], LabelMap], Tuple[List[VideoRecord], str]]
@@ -170,18 +171,11 @@ def read_unlabelled(data, annotations, split, labels):
 
 def kinetics_csv_classes(data: str, annotations: Optional[str]) -> Tuple[str, ...]:
     """Kinetics-600/700 class names: the labels of the annotation CSV, sorted (the official order)."""
-    import csv
-    from .datasets import find_annotations
     path = annotations or (data if os.path.isfile(data) else find_annotations(data)[0])
     if not path:
         raise DataNotFound(f'no Kinetics annotation CSV found in {data} or {os.path.join(data, "annotations")}')
     with open(path, newline='', encoding='utf-8') as f:
         return tuple(sorted({row['label'].strip() for row in csv.DictReader(f) if row.get('label')}))
-
-
-def read_kinetics(data, annotations, split, labels):
-    return read_kinetics_csv(annotations or data, os.path.dirname(os.path.abspath(annotations or data)), labels,
-                             split), f'Kinetics CSV {annotations or data}'
 
 
 BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
