@@ -86,12 +86,10 @@ def _benchmark_classes(request: RunRequest, benchmark: Benchmark) -> Optional[Tu
 
 
 def _head_size(name: str, request: RunRequest, classes: Optional[Tuple[str, ...]]) -> Optional[int]:
-    """The classifier to build: the checkpoint's own, the benchmark's for random weights, else the registered one
-    (a checkpoint's head is read, never replaced: scoring a fresh head would be silently meaningless)."""
-    if request.checkpoint:
-        weight = zoo.load_state_dict_file(request.checkpoint).get(f'{zoo.get_pretrained_cfg(name).classifier}.weight')
-        return None if weight is None else int(weight.shape[0])
-    return len(classes) if classes and request.random_weights else None
+    """The classifier to build: the benchmark's for random weights, else None: the registered one, or a
+    checkpoint's own (zoo.create_model reads its size; a checkpoint's head is never replaced, since scoring a
+    fresh head would be silently meaningless)."""
+    return len(classes) if classes and request.random_weights and not request.checkpoint else None
 
 
 def _choose_model(request: RunRequest, classes: Optional[Tuple[str, ...]]):

@@ -3,7 +3,8 @@
     import zoo
     net = zoo.create_model('i3d_r50', pretrained=True)
 """
-from ._builder import build_model_with_cfg, create_model, load_state_dict_file, load_weights
+from ._builder import (build_model_with_cfg, create_model, load_state_dict_file, load_weights, read_checkpoint_file,
+                       save_checkpoint_file)
 from ._pretrained import VideoPretrainedCfg, kinetics400_class_names
 from ._registry import (get_pretrained_cfg, is_model, list_models, list_modules, model_entrypoint,
                         register_model)

@@ -1,9 +1,10 @@
 """Builds a registered model: resolve its config, construct it, load pretrained or local weights."""
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,24 +25,74 @@ PretrainedLoader = Callable[..., Dict[str, torch.Tensor]]
 # A pretrained ``file`` with a zoo state-dict suffix is loaded as is, whatever the entry's source format.
 
 
-def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """A zoo state dict from ``.pth`` (loaded with weights_only=True) or ``.safetensors``."""
+# Fields of a model's pretrained config that a fine-tuned checkpoint may carry with its weights (its classes,
+# and the clip geometry it was trained on); ``create_model(..., checkpoint_path=...)`` applies them.
+CHECKPOINT_CFG_KEY = 'pretrained_cfg'
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(state dict, config fields saved with it) of a zoo ``.pth`` (weights_only) or ``.safetensors`` file.
+
+    The fields are those ``save_checkpoint_file`` wrote (class names, class count, clip geometry): ``{}`` for
+    a plain state dict."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
     if path.endswith('.safetensors'):
+        from safetensors import safe_open
         from safetensors.torch import load_file
-        return load_file(path)
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+        fields = json.loads(metadata[CHECKPOINT_CFG_KEY]) if CHECKPOINT_CFG_KEY in metadata else {}
+        return load_file(path), fields
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # the unpickler's own message says which global it refused
         raise RuntimeError(f'{path}: cannot be read as a weights-only PyTorch checkpoint: {e}') from e
+    fields = obj.get(CHECKPOINT_CFG_KEY) if isinstance(obj, dict) else None
+    fields = fields if isinstance(fields, dict) else {}
     for key in ('state_dict', 'model', 'model_state'):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise RuntimeError(f'{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}')
-    return obj
+    return obj, fields
+
+
+def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """A zoo state dict from ``.pth`` (loaded with weights_only=True) or ``.safetensors``."""
+    return read_checkpoint_file(path)[0]
+
+
+def save_checkpoint_file(path: str | os.PathLike, state_dict: Dict[str, torch.Tensor],
+                         cfg_fields: Optional[Dict[str, Any]] = None) -> None:
+    """Write a zoo ``.pth`` that ``create_model(name, checkpoint_path=path)`` loads with its own head size and
+    the config fields given (e.g. ``num_classes``, ``class_names``), atomically (a reader never sees a part)."""
+    from converters.files import atomic_write
+    payload = {'state_dict': {k: v.detach().cpu() for k, v in state_dict.items()},
+               CHECKPOINT_CFG_KEY: dict(cfg_fields or {})}
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+
+
+def checkpoint_cfg_of(cfg: VideoPretrainedCfg, fields: Dict[str, Any], num_classes: int) -> VideoPretrainedCfg:
+    """The config of a model that carries a checkpoint's head of ``num_classes``: the fields saved with the
+    checkpoint when they describe that head, else the registered config with the class count (names unknown
+    when it differs from the registered one)."""
+    if fields.get('num_classes') == num_classes:
+        fields = dict(fields)
+        if 'class_names' in fields:
+            fields['class_names'] = tuple(fields['class_names'])
+        return cfg.replace(fields)
+    if num_classes == cfg.num_classes:
+        return cfg
+    return cfg.replace(num_classes=num_classes, class_names=(), label_set=None)
+
+
+def classifier_size(state_dict: Dict[str, torch.Tensor], cfg: VideoPretrainedCfg) -> Optional[int]:
+    """Rows of the checkpoint's classifier (None when it has none)."""
+    weight = state_dict.get(f'{cfg.classifier}.weight')
+    return None if weight is None else int(weight.shape[0])
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -143,15 +194,18 @@ def build_model_with_cfg(model_cls: Callable[..., nn.Module], model_name: str, p
     (``feature_cls``: 'list' (default), 'getter', 'dict', 'hook', 'fx'), returning ``out_indices`` maps.
     """
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
-    if num_classes is None:
-        num_classes = cfg.num_classes
+    checkpoint, checkpoint_cfg = read_checkpoint_file(checkpoint_path) if checkpoint_path else (None, {})
+    if num_classes is None:  # a checkpoint's own head decides, else the config's
+        num_classes = (checkpoint is not None and classifier_size(checkpoint, cfg)) or cfg.num_classes
+    if checkpoint is not None and num_classes == classifier_size(checkpoint, cfg):
+        cfg = checkpoint_cfg_of(cfg, checkpoint_cfg, num_classes)
     model = model_cls(num_classes=num_classes, **kwargs)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same record
     if pretrained:
         load_pretrained(model, model_cls, model_name, cfg, pretrained_loader, kwargs, cache_dir)
-    if checkpoint_path:
-        load_weights(model, load_state_dict_file(checkpoint_path), source=str(checkpoint_path))
+    if checkpoint is not None:
+        load_weights(model, checkpoint, source=str(checkpoint_path))
     if features_only:
         feature_cfg = dict(feature_cfg or {})
         feature_cls = feature_cfg.pop('feature_cls', feature_cls)
@@ -172,7 +226,9 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: Optiona
             (``i3d_r50.c2_kinetics400``).
         pretrained: load the entry's pretrained weights (downloaded, verified and converted on first use).
         num_classes: a new classifier of this size; the pretrained backbone is kept.
-        checkpoint_path: a zoo ``.pth``/``.safetensors`` state dict loaded after construction.
+        checkpoint_path: a zoo ``.pth``/``.safetensors`` state dict loaded after construction; without
+            ``num_classes`` the head takes the checkpoint's size, and the config fields saved with it
+            (``save_checkpoint_file``: class names, clip geometry) replace the registered ones.
         pretrained_cfg_overlay: fields replacing those of the registered config, e.g. ``dict(file=...)``.
         **kwargs: passed to the builder (``features_only``, ``out_indices``, ``pretrained_cfg`` ...) and the
             architecture (e.g. ``fully_conv_test=True``, ``drop_rate``, ``global_pool``, ``device``, ``dtype``).
