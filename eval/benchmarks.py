@@ -28,6 +28,9 @@ class Benchmark:
     title: str
     read: Reader
     classes: Optional[ClassList] = None      # None: the model's classes (Kinetics, lists, folders)
+    # the training set of a split (fine-tuning); None: the benchmark has no train split of its own, and
+    # ``read`` reads whatever training data is given
+    read_train: Optional[Reader] = None
     splits: Tuple[str, ...] = ()             # allowed --split values; the first is the default
     views: Optional[Tuple[int, int]] = None  # default protocol; None: the model's published test
     metrics: Tuple[str, ...] = ('top1', 'top5', 'mean_class_accuracy')
@@ -95,21 +98,35 @@ def ucf101_classes(data: str, annotations: Optional[str]) -> Tuple[str, ...]:
     return tuple(name for _, name in sorted(entries))
 
 
-def read_ucf101(data: str, annotations: Optional[str], split: Optional[str],
-                labels: LabelMap) -> Tuple[List[VideoRecord], str]:
-    """testlist0{split}.txt: one ``<ClassName>/<video>.avi`` per line (the whole line is the path, spaces and
-    all); the class is the folder part, matched case-insensitively (the list writes HandstandPushups where
-    classInd.txt writes HandStandPushups)."""
-    name = f'testlist0{split}.txt'
+def _read_ucf101_list(data: str, annotations: Optional[str], split: Optional[str], labels: LabelMap,
+                      kind: str) -> Tuple[List[VideoRecord], str]:
+    """{kind}list0{split}.txt: one ``<ClassName>/<video>.avi`` per line (the whole line is the path, spaces and
+    all; the train lists add `` <1-based class index>``); the class is the folder part, matched
+    case-insensitively (the lists write HandstandPushups where classInd.txt writes HandStandPushups)."""
+    name = f'{kind}list0{split}.txt'
     path = os.path.join(_annotation_dir(data, annotations, name, UCF101_FOLDERS), name)
     root = video_root(data)
     records = []
     with open(path, encoding='utf-8') as f:
         for line in f:
             relative = line.strip().replace('\\', '/')
+            if kind == 'train':
+                relative = re.sub(r'\s+\d+$', '', relative)
             if relative:
                 records.append(_record(root, relative, relative.split('/')[0], labels))
-    return records, f'UCF-101 split {split} ({path}), videos under {root}'
+    return records, f'UCF-101 split {split}, {kind} list ({path}), videos under {root}'
+
+
+def read_ucf101(data: str, annotations: Optional[str], split: Optional[str],
+                labels: LabelMap) -> Tuple[List[VideoRecord], str]:
+    """The test list of a split (testlist0N.txt)."""
+    return _read_ucf101_list(data, annotations, split, labels, 'test')
+
+
+def read_ucf101_train(data: str, annotations: Optional[str], split: Optional[str],
+                      labels: LabelMap) -> Tuple[List[VideoRecord], str]:
+    """The training list of a split (trainlist0N.txt)."""
+    return _read_ucf101_list(data, annotations, split, labels, 'train')
 
 
 # ------------------------------------------------------------------------------------------ HMDB-51
@@ -117,6 +134,7 @@ def read_ucf101(data: str, annotations: Optional[str], split: Optional[str],
 HMDB51_FOLDERS = ('testTrainMulti_7030_splits', 'splits', 'annotations', '')
 _HMDB_SPLIT = re.compile(r'^(?P<cls>.+)_test_split(?P<split>[123])\.txt$')
 HMDB51_TEST_FLAG = '2'          # split files mark each video 0 (unused), 1 (train) or 2 (test)
+HMDB51_TRAIN_FLAG = '1'
 
 
 def _hmdb51_split_files(data: str, annotations: Optional[str], split: str) -> Dict[str, str]:
@@ -132,9 +150,9 @@ def hmdb51_classes(data: str, annotations: Optional[str]) -> Tuple[str, ...]:
     return tuple(sorted(_hmdb51_split_files(data, annotations, '1'), key=normalise_label))
 
 
-def read_hmdb51(data: str, annotations: Optional[str], split: Optional[str],
-                labels: LabelMap) -> Tuple[List[VideoRecord], str]:
-    """``<class>_test_split{n}.txt``: ``<video>.avi <flag>`` lines; the test set is flag 2."""
+def _read_hmdb51_flag(data: str, annotations: Optional[str], split: Optional[str], labels: LabelMap,
+                      flag: str) -> Tuple[List[VideoRecord], str]:
+    """``<class>_test_split{n}.txt``: ``<video>.avi <flag>`` lines; the videos marked ``flag``."""
     files = _hmdb51_split_files(data, annotations, split)
     root = video_root(data)
     records = []
@@ -146,9 +164,23 @@ def read_hmdb51(data: str, annotations: Optional[str], split: Optional[str],
                     continue
                 if len(parts) != 2 or parts[1] not in '012':
                     raise ValueError(f'{path}:{n}: expected "<video> <0|1|2>", got {line.strip()!r}')
-                if parts[1] == HMDB51_TEST_FLAG:
+                if parts[1] == flag:
                     records.append(_record(root, os.path.join(class_name, parts[0]), class_name, labels))
-    return records, f'HMDB-51 split {split} ({len(files)} split files in {os.path.dirname(path)}), videos under {root}'
+    part = 'test' if flag == HMDB51_TEST_FLAG else 'train'
+    return records, (f'HMDB-51 {part} split {split} ({len(files)} split files in {os.path.dirname(path)}), '
+                     f'videos under {root}')
+
+
+def read_hmdb51(data: str, annotations: Optional[str], split: Optional[str],
+                labels: LabelMap) -> Tuple[List[VideoRecord], str]:
+    """The test set of a split: flag 2."""
+    return _read_hmdb51_flag(data, annotations, split, labels, HMDB51_TEST_FLAG)
+
+
+def read_hmdb51_train(data: str, annotations: Optional[str], split: Optional[str],
+                      labels: LabelMap) -> Tuple[List[VideoRecord], str]:
+    """The training set of a split: flag 1."""
+    return _read_hmdb51_flag(data, annotations, split, labels, HMDB51_TRAIN_FLAG)
 
 
 # ----------------------------------------------------------------------------------- generic formats
@@ -183,9 +215,9 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
     Benchmark('kinetics600', 'Kinetics-600 (official CSV)', read_any, classes=kinetics_csv_classes),
     Benchmark('kinetics700', 'Kinetics-700 (official CSV)', read_any, classes=kinetics_csv_classes),
     Benchmark('ucf101', 'UCF-101 (classInd.txt, testlist0N.txt)', read_ucf101, classes=ucf101_classes,
-              splits=('1', '2', '3'), metrics=('top1', 'top5', 'mean_class_accuracy')),
+              read_train=read_ucf101_train, splits=('1', '2', '3'), metrics=('top1', 'top5', 'mean_class_accuracy')),
     Benchmark('hmdb51', 'HMDB-51 (<class>_test_splitN.txt, flag 2)', read_hmdb51, classes=hmdb51_classes,
-              splits=('1', '2', '3')),
+              read_train=read_hmdb51_train, splits=('1', '2', '3')),
     Benchmark('list', 'a "path label" list file, labels of the model\'s classes', read_list),
     Benchmark('folders', 'class folders <class>/<video>, classes of the model', read_folders),
     Benchmark('unlabelled', 'video files or frame folders, no labels (predictions only)', read_unlabelled),

@@ -99,6 +99,12 @@ def clip_frame_indices(num_decoded: int, num_frames: int, sampling_rate: int, nu
         starts = [centre_clip_start(num_decoded, num_frames, sampling_rate)]
     else:
         starts = [caffe2_clip_start(num_decoded, k, num_clips) for k in range(num_clips)]
+    return clips_from_starts(starts, num_decoded, num_frames, sampling_rate)
+
+
+def clips_from_starts(starts, num_decoded: int, num_frames: int, sampling_rate: int) -> np.ndarray:
+    """(K, T) indices of the clips starting at ``starts``: frame j of a clip is (start + j * rate) mod N, so a
+    video shorter than the clip's span repeats (Caffe2's periodic sampling, test and training alike)."""
     offsets = np.arange(num_frames, dtype=np.int64) * sampling_rate
     return (np.asarray(starts, dtype=np.int64)[:, None] + offsets[None, :]) % num_decoded
 
