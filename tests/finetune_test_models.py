@@ -1,0 +1,102 @@
+"""A tiny registered ResNet3D for the fine-tuning tests, the data sets they train on, and the eval.finetune
+CLI run with it registered.
+
+    python -m tests.finetune_test_models --model tiny_i3d --data list.txt --classes classes.txt --out runs/x
+    torchrun --standalone --nproc_per_node 2 -m tests.finetune_test_models ...
+
+``tiny_i3d`` is the real ResNet3D (bottlenecks, BatchNorm, dropout before the head, timm protocol) with one
+block per stage and a few channels, so a training step costs milliseconds; its config asks for 4 frames at
+rate 2 and a 32-pixel crop.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+import zoo
+from zoo._builder import build_model_with_cfg
+from zoo._registry import register_model
+from zoo.resnet3d import ResNet3D, ResNet3DSpec
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINETICS_CLIPS = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data', 'kinetics-clips')
+REAL_CLIPS = ('arm_wrestling.mp4', 'cleaning_pool.mp4')
+SYNTHETIC_TINTS = ((1.3, 0.4, 0.4), (0.4, 1.3, 0.4), (0.4, 0.4, 1.3), (0.3, 0.3, 0.3))
+
+TINY_SPEC = ResNet3DSpec(layers=(1, 1, 1, 1), widths=(4, 8, 8, 16), stem_width=8, conv1_temporal_kernel=3,
+                         conv1_temporal_stride=1, pool1_kernel=(1, 3, 3), pool1_stride=(1, 2, 2),
+                         temporal_kernels=((3,), (1,), (3,), (1,)))
+default_cfgs = {'tiny_i3d': zoo.VideoPretrainedCfg(
+    num_frames=4, sampling_rate=2, crop_size=32, test_scale=37, test_crop_size=37, test_views=(1, 2),
+    num_classes=4, label_set='test', class_names=tuple(f'class{i}' for i in range(4)))}
+
+
+@register_model
+def tiny_i3d(pretrained=False, **kwargs):
+    """With FINETUNE_TEST_SECONDS_PER_PASS set, every forward pass first sleeps that long (so a test can kill a
+    run mid-way); the numbers are unchanged."""
+    model = build_model_with_cfg(ResNet3D, 'tiny_i3d', pretrained, spec=TINY_SPEC, **kwargs)
+    delay = float(os.environ.get('FINETUNE_TEST_SECONDS_PER_PASS', '0'))
+    if delay:
+        model.register_forward_pre_hook(lambda module, inputs: time.sleep(delay))
+    return model
+
+
+def real_clips():
+    """Paths of the real Kinetics clips, or None when ../shared is absent."""
+    paths = [os.path.join(KINETICS_CLIPS, name) for name in REAL_CLIPS]
+    return paths if all(os.path.isfile(p) for p in paths) else None
+
+
+def write_training_set(root: str, real: list, synthetic: int = 4, height: int = 48, frames_per_real: int = 40) -> str:
+    """A ``path label`` list of the real clips (cut to their first ``frames_per_real`` frames, stored small as
+    JPEG folders so an epoch decodes in milliseconds) and ``synthetic`` synthetic clips, one class each;
+    ``classes.txt`` beside it names the classes. Returns the list's path."""
+    from eval.decode import open_source
+    from eval.synthetic import synthetic_frames, write_frame_folder
+    os.makedirs(root, exist_ok=True)
+    names, lines = [], []
+    for path in real:
+        name = os.path.splitext(os.path.basename(path))[0]
+        source = open_source(path)
+        frames = source.read(np.arange(frames_per_real), height).frames
+        write_frame_folder(os.path.join(root, name), frames)
+        names.append(name)
+    for i in range(synthetic):
+        # eval.synthetic's content drifts in colour over time, so a random clip start alone would blur the
+        # classes: each synthetic class gets its own fixed tint on top
+        frames = synthetic_frames(12 + 4 * i, height, 64, seed=10 + i).astype(np.float32)
+        frames *= np.asarray(SYNTHETIC_TINTS[i % len(SYNTHETIC_TINTS)], dtype=np.float32)
+        name = f'synthetic{i}'
+        write_frame_folder(os.path.join(root, name), np.clip(frames, 0, 255).astype(np.uint8))
+        names.append(name)
+    lines = [f'{name} {label}\n' for label, name in enumerate(names)]
+    with open(os.path.join(root, 'list.txt'), 'w') as f:
+        f.writelines(lines)
+    with open(os.path.join(root, 'classes.txt'), 'w') as f:
+        f.writelines(f'{name}\n' for name in names)
+    return os.path.join(root, 'list.txt')
+
+
+def cli_env(seconds_per_pass: float = 0.0) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                             'MASTER_PORT', 'LOCAL_WORLD_SIZE')}
+    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env['FINETUNE_TEST_SECONDS_PER_PASS'] = str(seconds_per_pass)
+    env['OMP_NUM_THREADS'] = '1'       # the same float arithmetic in every process a test compares
+    return env
+
+
+def python_command(args: list) -> list:
+    return [sys.executable, '-m', 'tests.finetune_test_models', *args]
+
+
+def torchrun_command(nproc: int, args: list) -> list:
+    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', 'tests.finetune_test_models', *args]
+
+
+if __name__ == '__main__':
+    from eval.finetune import main
+    sys.exit(main())

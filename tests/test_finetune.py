@@ -1,0 +1,277 @@
+"""Fine-tuning (python -m eval.finetune): the recipe's numbers against hand computations, overfitting real
+and synthetic clips, the linear probe, saved weights the zoo loads with their classes, evaluation through
+the engine, refusal of a foreign --out, kill -9 and resume bit for bit, and 2 gloo ranks against 1 process."""
+import csv
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import eval.finetune
+import zoo
+from eval import recipe as rc
+from eval.config import model_class_names
+from eval.train_state import load_training_state
+from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,
+                                  write_training_set)
+
+
+@pytest.fixture(scope='module')
+def training_set(tmp_path_factory):
+    """(list file, classes file, class names): the two real Kinetics clips when ../shared has them, and 4
+    synthetic clips, one class each."""
+    list_path = write_training_set(str(tmp_path_factory.mktemp('finetune') / 'data'), real_clips() or [])
+    classes_path = os.path.join(os.path.dirname(list_path), 'classes.txt')
+    with open(classes_path) as f:
+        return list_path, classes_path, tuple(line.strip() for line in f)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a shared 2-core machine spinning threads cost far more
+    than they give; the in-process runs use one, like the subprocess runs (cli_env)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def base_args(training_set, out, *extra):
+    list_path, classes_path, _ = training_set
+    return [str(a) for a in ('--model', 'tiny_i3d', '--data', list_path, '--classes', classes_path, '--out', out,
+                             '--no-progress', *extra)]
+
+
+def finetune(args, capsys=None):
+    code = eval.finetune.main([str(a) for a in args])
+    output = capsys.readouterr() if capsys else None
+    return code, output
+
+
+def metrics(out):
+    with open(os.path.join(out, 'metrics.csv'), newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def state_dict(path):
+    return zoo.load_state_dict_file(path)
+
+
+# ------------------------------------------------------------------------------------------- the recipe
+
+def test_weight_decay_falls_on_conv_and_linear_weights_and_not_on_bn_or_biases():
+    model = zoo.create_model('tiny_i3d', num_classes=6)
+    groups = rc.parameter_groups(model, 1e-4)
+    decayed = {id(p) for g in groups if g['weight_decay'] == 1e-4 for p in g['params']}
+    not_decayed = {id(p) for g in groups if g['weight_decay'] == 0 for p in g['params']}
+    by_hand_decayed, by_hand_not = set(), set()
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)):
+            by_hand_decayed.add(id(module.weight))
+            if module.bias is not None:
+                by_hand_not.add(id(module.bias))
+        elif isinstance(module, nn.BatchNorm3d):
+            by_hand_not |= {id(module.weight), id(module.bias)}
+    assert decayed == by_hand_decayed and not_decayed == by_hand_not
+    assert len(decayed | not_decayed) == len(list(model.parameters()))
+
+
+def test_optimizer_is_nesterov_sgd_with_momentum_0_9():
+    opt = rc.make_optimizer(zoo.create_model('tiny_i3d'), lr=0.01)
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g['momentum'] == 0.9 and g['nesterov'] for g in opt.param_groups)
+
+
+def test_warmup_then_cosine_matches_the_formula():
+    factor = rc.LRFactor(total_steps=10, schedule='cosine', warmup_steps=2, warmup_factor=0.1)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+    scheduler = rc.make_scheduler(opt, factor)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]['lr'])
+        opt.step()
+        scheduler.step()
+    by_hand = [0.2 * 0.1, 0.2 * 0.55] + [0.2 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10)]
+    assert seen == pytest.approx(by_hand, rel=1e-12)
+    assert seen[2] == pytest.approx(0.2) and seen[6] == pytest.approx(0.1)
+
+
+def test_step_schedule_drops_tenfold_at_each_milestone():
+    factor = rc.LRFactor(total_steps=10, schedule='step', milestones=[4, 7])
+    assert [factor(s) for s in (0, 3, 4, 6, 7, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_frozen_bn_keeps_running_statistics_and_trains_the_affine_unless_frozen_affine():
+    assert rc.resolve_bn_mode('auto', 2) == 'frozen' and rc.resolve_bn_mode('auto', 8) == 'train'
+    model = zoo.create_model('tiny_i3d', num_classes=3)
+    rc.set_trainable(model, 'frozen', freeze_backbone=False)
+    rc.set_train_mode(model, 'frozen', freeze_backbone=False)
+    before = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+    assert model.bn1.weight.requires_grad and model.bn1.weight.grad is not None and model.drop.training
+    rc.set_trainable(model, 'frozen-affine', freeze_backbone=False)
+    assert not model.bn1.weight.requires_grad and model.conv1.weight.requires_grad
+
+
+def test_fp16_on_cpu_and_a_batch_that_does_not_split_are_refused(training_set, tmp_path, capsys):
+    code, out = finetune(base_args(training_set, tmp_path / 'a', '--precision', 'fp16', '--device', 'cpu'), capsys)
+    assert code == 2 and 'fp16' in out.err and 'bf16' in out.err
+    code, out = finetune(base_args(training_set, tmp_path / 'b', '--batch-size', '5', '--accum-steps', '2'), capsys)
+    assert code == 2 and '--batch-size 5 does not split' in out.err
+    code, out = finetune(base_args(training_set, tmp_path / 'c', '--batch-size', '64'), capsys)
+    assert code == 2 and 'larger than the 6 training videos' in out.err
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def test_fine_tuning_overfits_real_and_synthetic_clips(training_set, tmp_path, capsys):
+    """6 clips (2 real Kinetics, 4 synthetic), one class each, every step sees all of them with fresh random
+    clips, scales, crops and flips: 100% training accuracy within 30 steps, the loss falling block by block."""
+    if real_clips() is None:
+        pytest.skip('../shared/data/kinetics-clips is absent')
+    out = tmp_path / 'overfit'
+    code, _ = finetune(base_args(training_set, out, '--epochs', 40, '--batch-size', 6, '--lr', 0.05, '--bn', 'train',
+                                 '--dropout', 0, '--warmup-epochs', 0, '--checkpoint-every', 0), capsys)
+    assert code == 0
+    steps = [r for r in metrics(out) if r['kind'] == 'step']
+    assert len(steps) == 40
+    losses = [float(r['loss']) for r in steps]
+    top1 = [float(r['top1']) for r in steps]
+    assert all(t == 1.0 for t in top1[30:]), top1
+    blocks = [sum(losses[i:i + 10]) / 10 for i in range(0, 40, 10)]
+    assert all(b < a for a, b in zip(blocks, blocks[1:])), blocks
+    assert blocks[-1] < 0.1 * blocks[0]
+
+
+def test_linear_probe_leaves_the_backbone_bit_identical(training_set, tmp_path, capsys):
+    out = tmp_path / 'probe'
+    code, _ = finetune(base_args(training_set, out, '--freeze-backbone', '--bn', 'train', '--epochs', 2,
+                                 '--batch-size', 2, '--lr', 0.5, '--seed', 3), capsys)
+    assert code == 0
+    torch.manual_seed(3)                       # the trainer initialises the model from the seed
+    initial = zoo.create_model('tiny_i3d', num_classes=6).state_dict()
+    trained = state_dict(out / 'last.pth')
+    backbone = [k for k in initial if not k.startswith('fc.')]
+    assert backbone and all(torch.equal(initial[k], trained[k]) for k in backbone)   # running stats too
+    assert not torch.equal(initial['fc.weight'], trained['fc.weight'])
+
+
+@pytest.fixture(scope='module')
+def finished_run(training_set, tmp_path_factory):
+    """A complete run with validation (the training list) and the final test: 2 epochs of 3 steps."""
+    out = tmp_path_factory.mktemp('run') / 'run'
+    code, _ = finetune(base_args(training_set, out, '--val-data', training_set[0], '--epochs', 2, '--batch-size', 2,
+                                 '--lr', 0.05, '--checkpoint-every', 2))
+    assert code == 0
+    return out
+
+
+def test_saved_weights_load_through_the_zoo_with_their_classes(finished_run, training_set):
+    classes = training_set[2]
+    for name in ('last.pth', 'best.pth'):
+        model = zoo.create_model('tiny_i3d', checkpoint_path=str(finished_run / name))
+        assert model.fc.out_features == len(classes)
+        assert model_class_names(model.pretrained_cfg) == classes
+        assert model.pretrained_cfg.crop_size == 32 and model.pretrained_cfg.top1 is None
+        saved = state_dict(finished_run / name)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+    again = zoo.create_model('tiny_i3d', checkpoint_path=str(finished_run / 'last.pth'), num_classes=len(classes))
+    assert model_class_names(again.pretrained_cfg) == classes
+
+
+def test_each_epoch_is_validated_and_the_end_tested_through_the_engine(finished_run):
+    import json
+    rows = metrics(finished_run)
+    epochs = [r for r in rows if r['kind'] == 'epoch']
+    assert [r['epoch'] for r in epochs] == ['1', '2']
+    for r in epochs:
+        summary = json.load(open(finished_run / 'val' / f'epoch_{int(r["epoch"]):03d}' / 'summary.json'))
+        assert summary['views']['spec'] == '1x1' and summary['counts']['scored'] == 6
+        assert float(r['val_top1']) == pytest.approx(summary['metrics']['top1'], abs=1e-6)
+    test = json.load(open(finished_run / 'test' / 'summary.json'))
+    assert test['views']['spec'] == '1x2' and test['weights']['source'] == str(finished_run / 'last.pth')
+    assert [int(r['global_step']) for r in rows if r['kind'] == 'step'] == list(range(1, 7))
+    best = max(epochs, key=lambda r: float(r['val_top1']))        # the first of equals
+    assert load_training_state(finished_run / 'checkpoint.pt')['position']['best_epoch'] == int(best['epoch'])
+
+
+def test_a_finished_run_run_again_only_tests_again(finished_run, training_set, capsys):
+    before = metrics(finished_run)
+    code, _ = finetune(base_args(training_set, finished_run, '--val-data', training_set[0], '--epochs', 2,
+                                 '--batch-size', 2, '--lr', 0.05, '--checkpoint-every', 2), capsys)
+    assert code == 0 and metrics(finished_run) == before
+
+
+def test_another_recipe_is_refused_on_the_same_out(finished_run, training_set, capsys):
+    code, out = finetune(base_args(training_set, finished_run, '--val-data', training_set[0], '--epochs', 2,
+                                   '--batch-size', 2, '--lr', 0.1), capsys)
+    assert code == 2
+    assert 'another recipe' in out.err and 'lr: 0.05 -> 0.1' in out.err
+
+
+# ------------------------------------------------------------------------------------------- durable, distributed
+
+def run_cli(command, env, timeout=240):
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(training_set, tmp_path):
+    """CPU, deterministic algorithms, dropout 0.5 and BN in training mode (so RNG and running statistics
+    both have to be restored): 3 epochs x 3 steps, a checkpoint every 2 steps."""
+    def args(out):
+        return base_args(training_set, out, '--epochs', 3, '--batch-size', 2, '--lr', 0.05, '--bn', 'train',
+                         '--checkpoint-every', 2, '--deterministic', '--val-data', training_set[0])
+    reference = tmp_path / 'reference'
+    run_cli(python_command(args(reference)), cli_env())
+
+    out = tmp_path / 'killed'
+    proc = subprocess.Popen(python_command(args(out)), cwd=REPO_ROOT, env=cli_env(seconds_per_pass=0.3),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / 'checkpoint.pt').exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = load_training_state(out / 'checkpoint.pt')['position']['global_step']
+    assert 1 <= killed_at < 9, f'the kill came too late: {killed_at} steps checkpointed'
+    assert not (out / 'test').exists()
+
+    run_cli(python_command(args(out)), cli_env())
+    resumed, uninterrupted = state_dict(out / 'last.pth'), state_dict(reference / 'last.pth')
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in ('clips_per_s', 'seconds')} for r in rows]
+    assert untimed(metrics(out)) == untimed(metrics(reference))    # the log cut back, then the same rows
+    assert not torch.equal(uninterrupted['fc.weight'], zoo.create_model('tiny_i3d', num_classes=6).fc.weight)
+
+
+def test_two_gloo_ranks_give_the_weights_of_one_process_for_the_same_global_batch(training_set, tmp_path):
+    """Global batch 4: 2 ranks x 2, 1 process x 4, and 1 process x 2 x 2 accumulation steps. Dropout off and BN
+    frozen, since masks and batch statistics are per rank (see README)."""
+    def args(out, *extra):
+        return base_args(training_set, out, '--epochs', 3, '--batch-size', 4, '--lr', 0.1, '--dropout', 0,
+                         '--bn', 'frozen', '--checkpoint-every', 0, *extra)
+    run_cli(torchrun_command(2, args(tmp_path / 'two', '--val-data', training_set[0])), cli_env())
+    run_cli(python_command(args(tmp_path / 'one')), cli_env())
+    run_cli(python_command(args(tmp_path / 'accum', '--accum-steps', 2)), cli_env())
+    two, one, accum = (state_dict(tmp_path / n / 'last.pth') for n in ('two', 'one', 'accum'))
+    torch.manual_seed(0)
+    initial = zoo.create_model('tiny_i3d', num_classes=6).state_dict()
+    assert not torch.allclose(one['fc.weight'], initial['fc.weight'])
+    for k in one:
+        assert torch.allclose(two[k], one[k], rtol=1e-5, atol=1e-6), k
+        assert torch.allclose(accum[k], one[k], rtol=1e-5, atol=1e-6), k
+    steps = lambda n: [(r['global_step'], float(r['loss'])) for r in metrics(tmp_path / n) if r['kind'] == 'step']
+    assert [s for s, _ in steps('two')] == [s for s, _ in steps('one')] == ['1', '2', '3']
+    assert [l for _, l in steps('two')] == pytest.approx([l for _, l in steps('one')], rel=1e-5)
+    assert (tmp_path / 'two' / 'test' / 'summary.json').is_file()
