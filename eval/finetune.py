@@ -409,10 +409,8 @@ class Trainer:
             dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress,
             command=f'eval.finetune evaluation of {checkpoint}')
         rng = capture_rng()
-        was_training = self.model.training
-        code = run_engine(request, self.ctx)
+        code = run_engine(request, self.ctx)     # builds its own model from the file; ours is untouched
         restore_rng(rng)
-        self.model.train(was_training)
         summary_path = os.path.join(out, 'summary.json')
         summary = None
         if self.ctx.is_main and os.path.isfile(summary_path):
