@@ -275,3 +275,36 @@ def test_two_gloo_ranks_give_the_weights_of_one_process_for_the_same_global_batc
     assert [s for s, _ in steps('two')] == [s for s, _ in steps('one')] == ['1', '2', '3']
     assert [l for _, l in steps('two')] == pytest.approx([l for _, l in steps('one')], rel=1e-5)
     assert (tmp_path / 'two' / 'test' / 'summary.json').is_file()
+
+
+# ------------------------------------------------------------------------------------------- presets
+
+@pytest.fixture(scope='module')
+def ucf(tmp_path_factory):
+    """A 3-class UCF-101 layout: classInd.txt, trainlist01.txt (with class indices), testlist01.txt."""
+    from eval.synthetic import synthetic_frames, write_video
+    root = tmp_path_factory.mktemp('ucf')
+    lists = root / 'ucfTrainTestlist'
+    lists.mkdir()
+    (lists / 'classInd.txt').write_text('1 ApplyEyeMakeup\n2 HandStandPushups\n3 YoYo\n')
+    train = [f'{c}/v_{c}_g0{g}_c01.avi' for c in ('ApplyEyeMakeup', 'HandstandPushups', 'YoYo') for g in (1, 2)]
+    test = [f'{c}/v_{c}_g07_c01.avi' for c in ('ApplyEyeMakeup', 'HandstandPushups', 'YoYo')]
+    (lists / 'trainlist01.txt').write_text(''.join(f'{p} {1 + i // 2}\n' for i, p in enumerate(train)))
+    (lists / 'testlist01.txt').write_text(''.join(f'{p}\n' for p in test))
+    for i, relative in enumerate(train + test):
+        write_video(str(root / relative), synthetic_frames(12, 48, 64, seed=i))
+    return root
+
+
+def test_ucf101_trains_on_the_train_list_and_is_tested_on_the_test_list(ucf, tmp_path, capsys):
+    import json
+    out = tmp_path / 'ucf'
+    code, output = finetune(['--model', 'tiny_i3d', '--benchmark', 'ucf101', '--split', '1', '--data', ucf,
+                             '--epochs', 2, '--batch-size', 3, '--out', out, '--no-progress'], capsys)
+    assert code == 0, output.err
+    assert 'UCF-101 split 1, train list' in output.out and ': 6 videos' in output.out
+    model = zoo.create_model('tiny_i3d', checkpoint_path=str(out / 'best.pth'))
+    assert model_class_names(model.pretrained_cfg) == ('ApplyEyeMakeup', 'HandStandPushups', 'YoYo')
+    test = json.load(open(out / 'test' / 'summary.json'))
+    assert test['benchmark'] == 'ucf101' and test['counts']['scored'] == 3
+    assert len([r for r in metrics(out) if r['kind'] == 'step']) == 4
