@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .decode import VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from .decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
 from .feature_presets import NORMS, PRE_LOGITS, FeatureSettings
 from .snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
 
@@ -119,7 +119,11 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
             del buffer[f]
 
     pending_from = 0
-    for i, pixels in iter_frames(source, scale=None):
+    if isinstance(source, FrameFolder):   # random access: read only the frames some snippet needs
+        frames = ((int(i), source.read([int(i)], None).frames[0]) for i in np.flatnonzero(free_after >= 0))
+    else:
+        frames = iter_frames(source, scale=None)
+    for i, pixels in frames:
         decoded = i + 1
         if i >= n:
             continue                       # counted, never used: the plan is redone below
@@ -136,6 +140,8 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
                 yield cut(pending_from, next_snippet, None)
                 pending_from = next_snippet
                 release(next_snippet)
+    if isinstance(source, FrameFolder):
+        decoded = n                         # a folder's frame count is exact
     if decoded != n:
         raise _Recount(decoded)
     if sizes is None or sizes[1] is None:

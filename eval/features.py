@@ -373,6 +373,10 @@ def _run(args: argparse.Namespace, ctx: DistContext) -> int:
     return EXIT_OK
 
 
+def _identity(item):
+    return item
+
+
 def extract_share(ctx, args, settings, model, model_info, identity, mean, std, device, mine: List[VideoJob],
                   workers: int, per_chunk: int, total: int):
     """Extract this rank's videos; returns ({job index: sidecar}, [failure dicts])."""
@@ -384,7 +388,7 @@ def extract_share(ctx, args, settings, model, model_info, identity, mean, std, d
     net = prepare_feature_model(model, settings.layer, device, fast_path=not args.no_fast_path)
     stream = FeatureStream(mine, settings, per_chunk)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
-                                         collate_fn=lambda item: item)
+                                         collate_fn=_identity)
     accumulator = FeatureAccumulator()
     bar = tqdm(total=len(mine), unit='video', disable=not ctx.is_main or args.no_progress, dynamic_ncols=True,
                mininterval=1.0, desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)

@@ -203,3 +203,12 @@ def test_unreadable_video_raises_a_decode_error_naming_why(tmp_path):
     bad.write_bytes(b'\x00' * 1000)
     with pytest.raises(VideoDecodeError, match='cannot open video'):
         extract(tiny_model(), str(bad), **SMALL)
+
+
+def test_a_frame_folder_is_read_like_a_video(tmp_path):
+    from eval.synthetic import synthetic_frames, write_frame_folder
+    folder = write_frame_folder(str(tmp_path / 'clip.v1'), synthetic_frames(40, 40, 48))
+    feats, info = extract(tiny_model(), folder, preset='i3d-r50-10crop', stride=20, **SMALL)
+    assert feats.shape == (2, 10, 24) and info['snippets']['first_frame'] == [0, 20]
+    assert info['video']['frames'] == 40 and info['video']['fps'] is None       # a folder has no frame rate
+    assert info['array']['file'] == 'clip.npy'                                  # name up to the first dot
