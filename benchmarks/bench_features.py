@@ -44,6 +44,13 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (the decode workers)."""
+    import resource
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def naive_snippet_frames(path: str, first: int, count: int):
     """Frames first..first+count-1 as PIL images, decoding the video from its start (no reuse)."""
     import av
@@ -92,6 +99,7 @@ def run_naive(model, paths, settings, decode_only=False):
 
 def run_extractor(paths, settings_args, out_dir):
     from eval.features import main
+    os.makedirs(out_dir, exist_ok=True)
     list_file = os.path.join(out_dir, 'list.txt')
     with open(list_file, 'w') as f:
         f.write('\n'.join(paths) + '\n')
@@ -114,7 +122,8 @@ def main():
     model = zoo.create_model('i3d_r50').eval()
 
     print(f'machine  {cpu_name()}, {os.cpu_count()} CPUs visible, '
-          f'torch {torch.__version__}, {torch.get_num_threads()} threads')
+          f'torch {torch.__version__}, {torch.get_num_threads()} threads; load average at start '
+          f'{os.getloadavg()[0]:.1f} (a shared machine: other jobs slow both sides alike)')
     print(f'clips    {", ".join(CLIPS)} (340x256 H.264, 280 and 300 frames)')
     print(f'work     i3d_r50 (random weights, seed 0), i3d-r50-10crop at stride {args.stride}: 16-frame snippets, '
           f'10 crops of 224, res5 pool')
@@ -130,25 +139,35 @@ def main():
     run_naive(model, paths, settings, decode_only=True)
     naive_decode_s = time.perf_counter() - start
 
+    # Interleaved, one clip at a time (extractor then baseline), so that both meet the same load on a
+    # shared machine; wall and CPU seconds (this process and its reaped decode workers) are both summed.
+    fast, naive = {}, {}
+    fast_s = naive_s = fast_cpu = naive_cpu = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        fast = run_extractor(paths, settings_args, tmp)
-        fast_s = time.perf_counter() - start
-    start = time.perf_counter()
-    naive = run_naive(model, paths, settings)
-    naive_s = time.perf_counter() - start
+        for i, path in enumerate(paths):
+            cpu, start = cpu_seconds(), time.perf_counter()
+            fast.update(run_extractor([path], settings_args, os.path.join(tmp, str(i))))
+            fast_s += time.perf_counter() - start
+            fast_cpu += cpu_seconds() - cpu
+            cpu, start = cpu_seconds(), time.perf_counter()
+            naive.update(run_naive(model, [path], settings))
+            naive_s += time.perf_counter() - start
+            naive_cpu += cpu_seconds() - cpu
 
     errors = [float(np.abs(fast[c] - naive[c]).max() / np.abs(naive[c]).max()) for c in CLIPS]
     assert all(fast[c].shape == naive[c].shape for c in CLIPS)
-    rows = [('naive (per-snippet decode, PIL crops, 1 forward per crop)', naive_s, naive_decode_s),
-            ('eval.features (decode once, 10 crops per forward, fast path)', fast_s, stream_s)]
-    print(f'\n{"":64} {"videos/s":>9} {"snippets/s":>11} {"speedup":>8} {"decode-only s":>14}')
-    for name, seconds, decode_s in rows:
+    rows = [('naive (per-snippet decode, PIL crops, 1 forward per crop)', naive_s, naive_cpu, naive_decode_s),
+            ('eval.features (decode once, 10 crops per forward, fast path)', fast_s, fast_cpu, stream_s)]
+    print(f'\n{"":64} {"videos/s":>9} {"snippets/s":>11} {"speedup":>8} {"CPU s":>8} {"CPU speedup":>12} '
+          f'{"decode-only s":>14}')
+    for name, seconds, cpu, decode_s in rows:
         print(f'{name:64} {len(paths) / seconds:9.4f} {snippets / seconds:11.4f} {naive_s / seconds:7.2f}x '
-              f'{decode_s:14.2f}')
+              f'{cpu:8.1f} {naive_cpu / cpu:11.2f}x {decode_s:14.2f}')
     print(f'\nsnippets {snippets} in {len(paths)} videos; max relative error extractor vs naive: {max(errors):.2e} '
           f'({"within" if max(errors) < 1e-5 else "OUTSIDE"} 1e-5)')
-    print(f'decoding side alone: {naive_decode_s / stream_s:.1f}x faster; end to end {naive_s / fast_s:.2f}x')
+    print(f'decoding side alone: {naive_decode_s / stream_s:.1f}x faster; end to end {naive_s / fast_s:.2f}x '
+          f'(CPU time {naive_cpu / fast_cpu:.2f}x); '
+          f'load average at end {os.getloadavg()[0]:.1f}')
 
 
 if __name__ == '__main__':
