@@ -1,10 +1,12 @@
-"""Caffe2 video-nonlocal-net checkpoints into zoo state dicts: the builder's `load_pretrained` and a CLI.
+"""Caffe2 video-nonlocal-net checkpoints into zoo state dicts: the builder's `load_pretrained` and the
+command line's body (`main`), run as `python -m zoo.convert_caffe2`, which passes in the registry's models:
 
-    python -m converters.caffe2 i3d_baseline_32x2_IN_pretrain_400k.pkl i3d_r50.pth [--model i3d_r50]
-    python -m converters.caffe2 --download i3d_r50
-    python -m converters.caffe2 --sha256 FILE
+    python -m zoo.convert_caffe2 i3d_baseline_32x2_IN_pretrain_400k.pkl i3d_r50.pth [--model i3d_r50]
+    python -m zoo.convert_caffe2 --download i3d_r50
+    python -m zoo.convert_caffe2 --sha256 FILE
 
-Reading lives in caffe2_pickle, the blob-name rule table and model inference in caffe2_mapping.
+Reading lives in caffe2_pickle, the blob-name rule table and model inference in caffe2_mapping. Nothing here
+imports the zoo: what it needs to know about a model (its state dict, its config) is given by the caller.
 """
 from __future__ import annotations
 
@@ -12,22 +14,22 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from .caffe2_mapping import (AMBIGUITY_NOTE, BLOB_RULES, Caffe2MappingError, CheckpointTraits, Conversion,
                              blobs_to_state_dict, caffe2_blob_name, checkpoint_traits, closest_models,
-                             matching_models, state_dict_to_blobs, target_state_dict, zoo_key)
+                             matching_models, state_dict_to_blobs, zoo_key)
 from .caffe2_pickle import Caffe2CheckpointError, read_caffe2_blobs
+from .files import atomic_write, cache_root, sha256_file, verify_file
 
 __all__ = ['load_pretrained', 'convert_checkpoint', 'ConvertedCheckpoint', 'read_caffe2_blobs',
            'blobs_to_state_dict', 'state_dict_to_blobs', 'zoo_key', 'caffe2_blob_name', 'checkpoint_traits',
            'matching_models', 'save_state_dict', 'BLOB_RULES', 'AMBIGUITY_NOTE', 'Caffe2CheckpointError',
-           'Caffe2MappingError', 'main']
+           'Caffe2MappingError', 'ModelCatalog', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -47,24 +49,36 @@ class ConvertedCheckpoint:
         return self.conversion.state_dict
 
 
-def convert_checkpoint(path: str | os.PathLike, model_name: Optional[str] = None,
-                       num_classes: Optional[int] = None) -> ConvertedCheckpoint:
-    """Read a Caffe2 pickle and convert it strictly for ``model_name``, or for the registered models its
+@dataclass(frozen=True)
+class ModelCatalog:
+    """What the command line needs to know about the registered models, given by its caller."""
+    names: Sequence[str]                                          # the models whose weights are Caffe2 pickles
+    target_state_dict: Callable[[str], Mapping[str, torch.Tensor]]  # name -> state dict (meta tensors will do)
+    pretrained_cfg: Callable[[str], Any]   # name -> config (url, sha256, size); KeyError for an unknown name
+
+    def targets(self) -> Dict[str, Mapping[str, torch.Tensor]]:
+        return {name: self.target_state_dict(name) for name in self.names}
+
+
+def convert_checkpoint(path: str | os.PathLike, catalog: ModelCatalog,
+                       model_name: Optional[str] = None) -> ConvertedCheckpoint:
+    """Read a Caffe2 pickle and convert it strictly for ``model_name``, or for the catalog's models its
     blobs fit when no name is given (the first of them; they share one state dict)."""
     path = os.fspath(path)
     blobs = read_caffe2_blobs(path)
     shapes = {b: tuple(a.shape) for b, a in blobs.items()}
     traits = checkpoint_traits(shapes, source=path)
-    candidates = matching_models(shapes)
+    targets = catalog.targets()
+    candidates = matching_models(shapes, targets)
     if model_name is None:
         if not candidates:
-            near = closest_models(traits)
+            near = closest_models(traits, targets)
             if not near:
                 raise Caffe2MappingError(path, f'any registered model: it is {traits.describe()}', [], [], [])
             model_name = near[0]  # converting against the nearest model names every blob that does not fit
         else:
             model_name = candidates[0]
-    target = target_state_dict(model_name, num_classes)
+    target = targets[model_name] if model_name in targets else catalog.target_state_dict(model_name)
     try:
         conversion = blobs_to_state_dict(blobs, target, source=path, target_name=model_name)
     except Caffe2MappingError as e:
@@ -80,18 +94,12 @@ def save_state_dict(state_dict: Dict[str, torch.Tensor], out: str | os.PathLike,
     if out.suffix not in ZOO_STATE_DICT_SUFFIXES:
         raise ValueError(f'{out}: unknown output format {out.suffix!r}; use .pth or .safetensors')
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_write(out, 'wb') as f:
         if out.suffix == '.safetensors':
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
+            from safetensors.torch import save
+            f.write(save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata))
         else:
-            torch.save(state_dict, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            torch.save(state_dict, f)
     return out
 
 
@@ -111,20 +119,17 @@ def _source_file(cfg, cache_dir) -> Path:
 
 def _verified_sha256(path: Path, pinned: Optional[str], from_cache: bool) -> str:
     """The file's sha256, checked against the config's pinned one."""
-    from .download import ChecksumError, read_record, sha256_file
+    from .download import ChecksumError, read_record
     if from_cache:  # fetch has just verified the file against the pin or its own record: no second hash
         if pinned:
             return pinned.lower()
         record = read_record(path)
         if record:
             return record['sha256']
-    digest = sha256_file(path)
-    if pinned and digest != pinned.lower():
-        # A local file of the registered name that is not the registered file is a corrupt or different
-        # copy; to use a different checkpoint on purpose, overlay sha256=None with the file.
-        raise ChecksumError(f'{path}: sha256 {digest} differs from the pinned {pinned.lower()}; pass '
-                            f'pretrained_cfg_overlay=dict(file=..., sha256=None) to use a different file')
-    return digest
+    # A local file of the registered name that is not the registered file is a corrupt or different copy;
+    # to use a different checkpoint on purpose, overlay sha256=None with the file.
+    return verify_file(path, pinned, expected_from='the pinned checksum', error=ChecksumError,
+                       hint='Pass pretrained_cfg_overlay=dict(file=..., sha256=None) to use a different file.')
 
 
 def converted_cache_path(cache_root: Path, model_name: str, source_sha256: str) -> Path:
@@ -133,25 +138,19 @@ def converted_cache_path(cache_root: Path, model_name: str, source_sha256: str) 
     return cache_root / 'converted' / f'{model_name}-{source_sha256[:16]}.safetensors'
 
 
-def load_pretrained(cfg, model_name: str, cache_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
-    """The builder's loader for 'caffe2_pickle' configs: the model's full state dict.
+def load_pretrained(cfg, model_name: str, target: Mapping[str, torch.Tensor],
+                    cache_dir: Optional[str | os.PathLike] = None) -> Dict[str, torch.Tensor]:
+    """The builder's loader for 'caffe2_pickle' configs: the state dict of the checkpoint, converted strictly
+    onto ``target`` (the state dict of the architecture it holds; only keys, shapes and dtypes are read).
 
-    Source: ``cfg.file`` if set (a Caffe2 .pkl, or an already converted zoo .pth/.safetensors), else
-    ``cfg.url`` fetched into the cache and checked against ``cfg.sha256``/``cfg.size`` (or the checksum
-    recorded on first download). A pickle is parsed once: its conversion is cached as
-    ``<cache>/converted/<model_name>-<sha256[:16]>.safetensors``.
+    Source: ``cfg.file`` if set, else ``cfg.url`` fetched into the cache and checked against
+    ``cfg.sha256``/``cfg.size`` (or the checksum recorded on first download). A pickle is parsed once: its
+    conversion is cached as ``<cache>/converted/<model_name>-<sha256[:16]>.safetensors``.
     """
-    from .download import cache_dir as default_cache_dir
     source = _source_file(cfg, cache_dir)
-    if source.suffix in ZOO_STATE_DICT_SUFFIXES:
-        from zoo import load_state_dict_file
-        if cfg.sha256:
-            _verified_sha256(source, cfg.sha256, from_cache=False)
-        return load_state_dict_file(source)
     digest = _verified_sha256(source, cfg.sha256, from_cache=not cfg.file)
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cached = converted_cache_path(cache_root, model_name, digest)
-    target = target_state_dict(model_name, cfg.num_classes)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    cached = converted_cache_path(root, model_name, digest)
     if cached.is_file():
         from safetensors.torch import load_file
         try:
@@ -174,7 +173,7 @@ def load_pretrained(cfg, model_name: str, cache_dir: Optional[str | os.PathLike]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='python -m converters.caffe2',
+        prog='python -m zoo.convert_caffe2',
         description='Convert a Caffe2 video-nonlocal-net checkpoint (.pkl) into a zoo state dict '
                     '(.pth or .safetensors), strictly: every blob placed, every key filled, every shape checked.',
         epilog=f'Note: {AMBIGUITY_NOTE}; use --model to say which.')
@@ -191,29 +190,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_file_identity(path: Path) -> None:
-    from .download import sha256_file
     print(f'path:   {path}')
     print(f'sha256: {sha256_file(path)}')
     print(f'size:   {path.stat().st_size}')
 
 
-def _download(name: str, cache_dir: Optional[str]) -> None:
-    import zoo
+def _download(name: str, cache_dir: Optional[str], catalog: ModelCatalog) -> None:
     from .download import fetch
-    cfg = zoo.get_pretrained_cfg(name)
+    cfg = catalog.pretrained_cfg(name)
     if not cfg.url:
         raise ValueError(f'{name}: its config names no download URL')
     _print_file_identity(fetch(cfg.url, sha256=cfg.sha256, size=cfg.size, cache_dir=cache_dir))
 
 
-def _convert(args) -> None:
-    import zoo
+def _convert(args, catalog: ModelCatalog) -> None:
     if Path(args.output).suffix not in ZOO_STATE_DICT_SUFFIXES:  # before spending a minute converting
         raise ValueError(f'{args.output}: unknown output format {Path(args.output).suffix!r}; '
                          f'use .pth or .safetensors')
-    if args.model is not None and not zoo.is_model(args.model):
-        zoo.get_pretrained_cfg(args.model)  # raises, suggesting close names
-    converted = convert_checkpoint(args.input, args.model)
+    if args.model is not None:
+        catalog.pretrained_cfg(args.model)  # raises for an unknown name, suggesting close names
+    converted = convert_checkpoint(args.input, catalog, args.model)
     if not args.quiet:
         print(converted.conversion.table())
     state_dict = converted.state_dict
@@ -232,7 +228,8 @@ def _convert(args) -> None:
         print(f'model: {converted.model_name}')
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]], catalog: ModelCatalog) -> int:
+    """The command line over ``catalog``'s models; returns the exit code (2 on any error, one line first)."""
     parser = _parser()
     args = parser.parse_args(argv)
     modes = [bool(args.input or args.output), bool(args.download), bool(args.sha256)]
@@ -248,9 +245,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise FileNotFoundError(f'{path}: no such file')
             _print_file_identity(path)
         elif args.download:
-            _download(args.download, args.cache_dir)
+            _download(args.download, args.cache_dir, catalog)
         else:
-            _convert(args)
+            _convert(args, catalog)
     except (Caffe2CheckpointError, Caffe2MappingError, DownloadError, KeyError, ValueError, OSError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         summary, _, details = str(message).partition('\n')
@@ -260,6 +257,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Caffe2 video-nonlocal-net blob names <-> zoo ResNet3D state-dict keys: one rule table, used both ways, strict.
 
-Also infers which registered models a checkpoint fits from its blob names and shapes.
+Also infers which of the models it is given a checkpoint fits, from its blob names and shapes.
 """
 from __future__ import annotations
 
@@ -256,36 +256,22 @@ def checkpoint_traits(shapes: Mapping[str, Shape], source: str = 'checkpoint') -
     return CheckpointTraits(int(shapes['conv1_w'][2]), len(nonlocal_blocks), has_scale and not has_stats)
 
 
-def target_state_dict(model_name: str, num_classes: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """The state dict of a registered model, on the meta device: keys, shapes and dtypes, no memory."""
-    import zoo
-    with torch.device('meta'):
-        model = zoo.create_model(model_name, num_classes=num_classes)
-    return model.state_dict()
-
-
-def caffe2_model_names() -> List[str]:
-    import zoo
-    return [n for n in zoo.list_models() if zoo.get_pretrained_cfg(n).source_format == 'caffe2_pickle']
-
-
-def matching_models(shapes: Mapping[str, Shape]) -> List[str]:
-    """Registered Caffe2-sourced models whose every weight blob has exactly these names and shapes."""
+def matching_models(shapes: Mapping[str, Shape], targets: Mapping[str, Mapping[str, torch.Tensor]]) -> List[str]:
+    """The models of ``targets`` (name -> state dict) whose every weight blob has exactly these names and shapes."""
     found = {b: tuple(s) for b, s in shapes.items()}
     names = []
-    for name in caffe2_model_names():
-        wanted = {caffe2_blob_name(k): tuple(t.shape) for k, t in target_state_dict(name).items()
-                  if not UNBACKED_KEY.fullmatch(k)}
+    for name, target in targets.items():
+        wanted = {caffe2_blob_name(k): tuple(t.shape) for k, t in target.items() if not UNBACKED_KEY.fullmatch(k)}
         if wanted == found:
             names.append(name)
     return names
 
 
-def closest_models(traits: CheckpointTraits) -> List[str]:
-    """Registered models with the same traits (used to explain why nothing fits exactly)."""
+def closest_models(traits: CheckpointTraits, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> List[str]:
+    """The models of ``targets`` with the same traits (used to explain why nothing fits exactly)."""
     names = []
-    for name in caffe2_model_names():
-        own = checkpoint_traits({caffe2_blob_name(k): tuple(t.shape) for k, t in target_state_dict(name).items()
+    for name, target in targets.items():
+        own = checkpoint_traits({caffe2_blob_name(k): tuple(t.shape) for k, t in target.items()
                                  if not UNBACKED_KEY.fullmatch(k)})
         if own == traits:
             names.append(name)

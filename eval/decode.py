@@ -4,7 +4,7 @@ A source reports how many frames it decodes to; the caller asks for a set of fra
 back resized (short side to the test scale) as uint8 RGB, so resizing happens on uint8 before any float
 conversion. Anything unreadable raises ``VideoDecodeError`` with a reason meant for the failure list.
 
-Fast path (``DecodeOptions``; measured by ``python -m eval.bench_data``). The defaults are exact: they
+Fast path (``DecodeOptions``; measured by ``benchmarks/bench_data.py``). The defaults are exact: they
 give the same pixels as decoding with PIL and resizing with ``resize_short_side``.
 
 - JPEG frames are decoded with simplejpeg when it is installed (libjpeg-turbo, the same library and
@@ -16,7 +16,7 @@ give the same pixels as decoding with PIL and resizing with ``resize_short_side`
 - Opt-in and approximate: ``jpeg_draft`` (DCT-domain downscale by a power of 2 before the resize, for
   frames at least twice the test scale) and ``video_resize='swscale'`` (libswscale bilinear resize in
   YUV during the RGB conversion). Both are faster on large frames and differ from the exact path by
-  about one grey level on average (measured by eval.bench_data); they change nothing when no resize is
+  about one grey level on average (measured by benchmarks/bench_data.py); they change nothing when no resize is
   needed.
 """
 from __future__ import annotations

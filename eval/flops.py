@@ -15,16 +15,7 @@ import torch
 
 import zoo
 
-
-def parse_views(text: str) -> Tuple[int, int]:
-    """'SxT' -> (spatial crops, temporal clips)."""
-    try:
-        spatial, temporal = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise ValueError(f'views must look like SxT (spatial crops x temporal clips), e.g. 3x10; got {text!r}')
-    if spatial < 1 or temporal < 1:
-        raise ValueError(f'views must be positive, got {text!r}')
-    return spatial, temporal
+from .config import fully_conv_head, parse_views, view_spec
 
 
 @dataclass
@@ -63,26 +54,15 @@ class FlopReport:
         return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
-def view_geometry(cfg: zoo.VideoPretrainedCfg, views: Tuple[int, int],
-                  frames: Optional[int] = None, crop: Optional[int] = None) -> Tuple[int, int]:
-    """(frames, crop) of one view: the multi-view test crops test_crop_size, single view crop_size.
-
-    The rule lives in eval.views.ViewSpec.from_cfg, which eval.kinetics uses too, so the FLOPs reported
-    are those of the views actually run.
-    """
-    from .views import ViewSpec
-    spec = ViewSpec.from_cfg(cfg, views, frames=frames, crop=crop, scale=max(cfg.test_scale, crop or 0))
-    return spec.num_frames, spec.crop_size
-
-
 def count_flops(model: torch.nn.Module, frames: int, crop: int, model_name: str = '',
-                views: Tuple[int, int] = (1, 1)) -> FlopReport:
+                views: Tuple[int, int] = (1, 1), fully_conv: Optional[bool] = None) -> FlopReport:
+    """fvcore's count for one (1, 3, frames, crop, crop) view; ``fully_conv`` defaults to eval.config's rule."""
     with warnings.catch_warnings():  # fvcore's import and tracer use torch.jit APIs that now warn of deprecation
         warnings.simplefilter('ignore', FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    cfg = getattr(model, 'pretrained_cfg', None)
-    fully_conv = bool(cfg and crop > cfg.crop_size and getattr(model, 'fully_conv_test', None) is not None)
+    if fully_conv is None:
+        fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), crop)
     x = torch.zeros(1, 3, frames, crop, crop)
 
     class _View(torch.nn.Module):  # fvcore traces forward(x) only; fix the head mode
@@ -110,10 +90,11 @@ def count_flops(model: torch.nn.Module, frames: int, crop: int, model_name: str 
 
 def flop_report(model_name: str, views: Tuple[int, int] = (1, 1), frames: Optional[int] = None,
                 crop: Optional[int] = None, model: Optional[torch.nn.Module] = None) -> FlopReport:
+    """The FLOPs of the views eval.config.view_spec makes of the model's config: those a run would score."""
     cfg = zoo.get_pretrained_cfg(model_name)
-    frames, crop = view_geometry(cfg, views, frames, crop)
+    spec = view_spec(cfg, views, frames=frames, crop=crop, scale=max(cfg.test_scale, crop or 0))
     model = model if model is not None else zoo.create_model(model_name)
-    return count_flops(model, frames, crop, model_name=model_name, views=views)
+    return count_flops(model, spec.num_frames, spec.crop_size, model_name=model_name, views=views)
 
 
 def main(argv=None) -> int:

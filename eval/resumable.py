@@ -123,7 +123,8 @@ class Plan:
 
 def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord], retry_failed: bool) -> Plan:
     """Which videos remain, agreed by all ranks (each may see a different part of the store on non-shared
-    disks), and this rank's share. Failed videos are done unless ``retry_failed``."""
+    disks), and this rank's share. Failed videos are done unless ``retry_failed``; missing videos (no path)
+    are never scored: the result lists them from their records."""
     keys = video_keys([r.video_id for r in records])
     local, _ = store.load()
     done: Dict[str, str] = {}
@@ -133,13 +134,16 @@ def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord
                 done[key] = status
     wanted = set(keys)
     done = {k: s for k, s in done.items() if k in wanted}
-    todo = [i for i, k in enumerate(keys) if k not in done or (retry_failed and done[k] == FAILED)]
+    todo = [i for i, k in enumerate(keys) if records[i].path is not None
+            and (k not in done or (retry_failed and done[k] == FAILED))]
     retried = sum(1 for i in todo if keys[i] in done)
     return Plan(keys, done, todo, shard(todo, ctx.rank, ctx.world_size), retried)
 
 
-def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, spec, **evaluate_kwargs) -> ShardReport:
-    """Score this rank's share, appending every finished video to this rank's store file as it finishes."""
+def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, config, progress: bool = False,
+                progress_desc: Optional[str] = None) -> ShardReport:
+    """Score this rank's share, appending every finished video to this rank's store file as it finishes.
+    ``config``: the run's eval.config.RunConfig."""
     report = ShardReport(ctx.rank, socket.gethostname(), assigned=len(plan.mine))
     if not plan.mine:
         return report
@@ -157,7 +161,11 @@ def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records,
 
     start = time.perf_counter()
     try:
-        evaluate(model, records, spec, indices=plan.mine, on_results=store_outcomes, **evaluate_kwargs)
+        evaluate(model, records, config.spec, cfg=config, batch_size=config.batch_size, workers=config.workers,
+                 device=torch.device(config.device), aggregation=config.request.aggregate, fps=config.fps,
+                 precision=config.precision, fast_path=config.fast_path, compile=config.compile,
+                 num_classes=config.num_classes, fully_conv=config.fully_conv, indices=plan.mine,
+                 on_results=store_outcomes, progress=progress, progress_desc=progress_desc)
     finally:
         writer.close()
     report.seconds = time.perf_counter() - start
@@ -194,21 +202,25 @@ def collect_on_main(ctx: DistContext, store: ScoreStore, keys: Sequence[str], re
 
 
 def result_from_store(records: Sequence[VideoRecord], keys: Sequence[str], stored: Dict[str, StoredVideo],
-                      spec: ViewSpec, num_classes: int, aggregation: str, **result_fields) -> EvalResult:
+                      config) -> EvalResult:
     """The run's result rebuilt from stored records only, so a resumed run and an uninterrupted one give
-    exactly the same scores (the float64 view sums are stored bit for bit)."""
-    meter = MultiViewMeter(len(records), spec.num_views, num_classes, aggregation=aggregation)
+    exactly the same scores (the float64 view sums are stored bit for bit). ``config``: the RunConfig."""
+    spec = config.spec
+    meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.request.aggregate)
     failures = []
     for i, (record, key) in enumerate(zip(records, keys)):
         meter.set_label(i, record.label)
         video = stored.get(key)
-        if video is None:
+        if record.path is None and (video is None or video.status != SCORED):
+            failures.append(Failure(i, record, record.missing or 'no video', missing=True))
+        elif video is None:
             failures.append(Failure(i, record, 'no result stored (a rank stopped before scoring it)'))
         elif video.status == SCORED:
             meter.restore(i, video.prob_sum, video.output_sum, video.views)
         else:
             failures.append(Failure(i, record, video.reason))
-    return EvalResult(list(records), spec, meter, failures=failures, **result_fields)
+    return EvalResult(list(records), spec, meter, failures=failures, device=config.device,
+                      fully_conv=config.fully_conv, precision=config.precision, fast_path=config.fast_path)
 
 
 def describe_store_counts(stored: Dict[str, StoredVideo]) -> Dict[str, int]:

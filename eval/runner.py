@@ -17,6 +17,7 @@ import torch
 
 from zoo.inference import PRECISIONS
 
+from .config import fully_conv_head, model_class_names
 from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from .meter import MultiViewMeter
 from .views import ViewSampler, ViewSpec
@@ -71,18 +72,17 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
 
 
 def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
-    """``fully_conv=True`` only when the crop exceeds the training crop (then the Caffe2 test head applies)."""
-    cfg = getattr(model, 'pretrained_cfg', None)
-    if cfg is not None and crop_size > cfg.crop_size:
-        return {'fully_conv': True}
-    return {}
+    """``fully_conv=True`` when eval.config.fully_conv_head says the Caffe2 test head applies."""
+    return {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop_size) else {}
 
 
 @dataclass
 class Failure:
+    """A video of the result that was not scored: missing (never found) or failed (found, not decodable)."""
     index: int
     record: VideoRecord
     reason: str
+    missing: bool = False
 
 
 @dataclass
@@ -130,7 +130,9 @@ class EvalResult:
     def counts(self) -> dict:
         labels = np.array([r.label for r in self.records], dtype=np.int64)
         scored = self.scored
+        missing = sum(f.missing for f in self.failures)
         return {'annotated': len(self.records), 'scored': int(scored.sum()), 'failed': len(self.failures),
+                'missing': missing, 'decode_failed': len(self.failures) - missing,
                 'labelled': int((labels >= 0).sum()), 'labelled_scored': int(((labels >= 0) & scored).sum())}
 
 
@@ -138,11 +140,54 @@ def _identity(item):
     return item
 
 
+class ViewBatcher:
+    """Views of consecutive videos share forward passes of up to ``batch_size`` views; each video is reported
+    (``report``) as soon as its last view is scored. ``autocast_dtype``: the eager model's reduced precision
+    (the fast path applies its own)."""
+
+    def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
+                 records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
+                 device: torch.device, autocast_dtype: Optional[torch.dtype]):
+        self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
+        self.records, self.report, self.batch_size = records, report, batch_size
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.views: List[torch.Tensor] = []
+        self.videos: List[int] = []
+
+    def add(self, video: int, view: torch.Tensor) -> None:
+        self.views.append(view)
+        self.videos.append(video)
+        if len(self.views) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.views:
+            return
+        x = self.normalise(torch.stack(self.views))
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(x, **self.call_kwargs)
+        meter = self.meter
+        meter.add(self.videos, out.float().cpu().numpy())
+        finished = [v for v in dict.fromkeys(self.videos) if meter.view_count[v] == meter.num_views]
+        self.views.clear()
+        self.videos.clear()
+        self.report([VideoOutcome(v, self.records[v], True, int(meter.view_count[v]), meter.prob_sum[v].copy(),
+                                  meter.output_sum[v].copy()) for v in finished])
+
+
+def _show_progress(bar, meter: MultiViewMeter, failed: int) -> None:
+    top1 = meter.running_top1()
+    status = f'top1 {100 * top1:.1f}%' if top1 is not None else 'top1 -'
+    bar.set_postfix_str(status + (f', failed {failed}' if failed else ''), refresh=False)
+
+
 def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
              cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
-             aggregation: str = 'softmax', fps: Optional[float] = None, amp: bool = False,
+             aggregation: str = 'softmax', fps: Optional[float] = None,
              progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None,
-             precision: Optional[str] = None, fast_path: bool = True, compile: bool = False,
+             precision: str = 'fp32', fast_path: bool = True, compile: bool = False,
+             num_classes: Optional[int] = None, fully_conv: Optional[bool] = None,
              indices: Optional[Sequence[int]] = None,
              on_results: Optional[Callable[[List[VideoOutcome]], None]] = None,
              progress_desc: Optional[str] = None) -> EvalResult:
@@ -151,7 +196,8 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
 
     Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
     pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
-    ``precision`` 'fp32' (default), 'bf16' or 'fp16' (``amp=True`` is the older spelling of 'bf16');
+    ``precision`` 'fp32' (default), 'bf16' or 'fp16'; ``num_classes`` and ``fully_conv`` default to the rules
+    of eval.config for the model's config;
     ``fast_path=False`` runs the model as given (eager); ``compile`` wraps it in torch.compile.
     ``on_results`` receives each group of videos as they finish (after every forward pass that completes
     one, and at once for a failure), so a caller can store them durably while the run goes on.
@@ -162,39 +208,24 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     device = torch.device(device) if device is not None else default_device()
     fps = fps if fps is not None else cfg.fps
     records = list(records)
-    precision = precision or ('bf16' if amp else 'fp32')
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, pin_memory=device.type == 'cuda')
-    meter = MultiViewMeter(len(records), spec.num_views, cfg.num_classes if cfg.num_classes else 400,
+    meter = MultiViewMeter(len(records), spec.num_views, num_classes or len(model_class_names(cfg)),
                            aggregation=aggregation)
     normalise = ViewNormalizer.from_cfg(cfg)
-    call_kwargs = model_call_kwargs(model, spec.crop_size)
+    if fully_conv is None:
+        fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), spec.crop_size)
+    call_kwargs = {'fully_conv': True} if fully_conv else {}
     model = prepare_model(model, device, precision, fast_path, compile)
-    # the fast path applies its own precision; the eager model gets the same autocast here
-    autocast_dtype = _AUTOCAST_DTYPES.get(precision) if not fast_path else None
     result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs),
                         precision=precision, fast_path=fast_path)
     report = on_results or (lambda outcomes: None)
 
-    pending_views: List[torch.Tensor] = []
-    pending_videos: List[int] = []
-
-    def flush():
-        if not pending_views:
-            return
-        x = normalise(torch.stack(pending_views))
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            out = model(x, **call_kwargs)
-        meter.add(pending_videos, out.float().cpu().numpy())
-        finished = [v for v in dict.fromkeys(pending_videos) if meter.view_count[v] == meter.num_views]
-        pending_views.clear()
-        pending_videos.clear()
-        report([VideoOutcome(v, records[v], True, int(meter.view_count[v]), meter.prob_sum[v].copy(),
-                             meter.output_sum[v].copy()) for v in finished])
-
+    batcher = ViewBatcher(model, call_kwargs, normalise, meter, records, report, batch_size, device,
+                          _AUTOCAST_DTYPES.get(precision) if not fast_path else None)
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
                desc=progress_desc)
@@ -205,18 +236,11 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
                 report([VideoOutcome(item.index, item.record, False, reason=item.reason)])
             else:
                 meter.set_label(item.index, item.record.label)
-                frames = item.frames.to(device, non_blocking=True)
-                for _, view in iter_views(item, frames):
-                    pending_views.append(view)
-                    pending_videos.append(item.index)
-                    if len(pending_views) >= batch_size:
-                        flush()
+                for _, view in iter_views(item, item.frames.to(device, non_blocking=True)):
+                    batcher.add(item.index, view)
             bar.update(1)
-            top1 = meter.running_top1()
-            status = f'top1 {100 * top1:.1f}%' if top1 is not None else 'top1 -'
-            bar.set_postfix_str(status + (f', failed {len(result.failures)}' if result.failures else ''),
-                                refresh=False)
-        flush()
+            _show_progress(bar, meter, len(result.failures))
+        batcher.flush()
     bar.close()
     result.seconds = time.perf_counter() - start
     return result

@@ -16,6 +16,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from converters.files import atomic_write, fsync_dir
+
 STORE_DIR = 'store'
 MANIFEST = 'manifest.json'
 STORE_SUFFIX = '.scores'
@@ -103,27 +105,13 @@ def merge(videos: Iterable[StoredVideo], into: Optional[Dict[str, StoredVideo]] 
     return merged
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a new directory entry durable (a file fsynced but not its folder can vanish after a power cut)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class StoreWriter:
     """Appends records to one file of this process; every ``append`` is flushed and fsynced before returning."""
 
     def __init__(self, path: str):
         self.path = path
         self._file = open(path, 'ab')
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         self.written = 0
 
     def append(self, videos: Sequence[StoredVideo]) -> None:
@@ -185,15 +173,9 @@ def read_manifest(run_dir: str) -> Optional[dict]:
 def write_manifest(run_dir: str, manifest: dict) -> None:
     """Atomically (temporary file, fsync, rename): a crash never leaves half a manifest."""
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, MANIFEST)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with atomic_write(os.path.join(run_dir, MANIFEST), 'w', encoding='utf-8') as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write('\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(run_dir)
 
 
 def _flatten(value, prefix: str = '') -> Dict[str, object]:

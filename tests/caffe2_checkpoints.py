@@ -247,7 +247,8 @@ def caffe2_blob_shapes(spec: ResNet3DSpec, num_classes: int = 400) -> Dict[str, 
                     shapes[f'{nl}_{branch}_b'] = (inner,)
                 shapes[f'{nl}_out_w'] = (out_ch, inner, 1, 1, 1)
                 shapes[f'{nl}_out_b'] = (out_ch,)
-                shapes.update(_bn_blobs(f'{nl}_bn', out_ch, frozen))
+                if spec.nonlocal_norm != 'none':  # NONLOCAL.USE_BN / USE_AFFINE False: no blob after `out`
+                    shapes.update(_bn_blobs(f'{nl}_bn', out_ch, spec.nonlocal_norm == 'frozen_affine'))
             in_ch = out_ch
     shapes['pred_w'] = (num_classes, in_ch)
     shapes['pred_b'] = (num_classes,)

@@ -29,6 +29,7 @@ class TinyVideoNet(torch.nn.Module):
 
     def __init__(self, num_classes: int = NUM_CLASSES, seconds_per_batch: float = 0.0):
         super().__init__()
+        self.num_classes = num_classes
         self.conv1 = torch.nn.Conv3d(3, 8, 3, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm3d(8)
         self.fc = torch.nn.Linear(8, num_classes)

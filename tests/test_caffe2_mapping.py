@@ -9,15 +9,17 @@ from torch import nn
 import zoo
 from caffe2_checkpoints import caffe2_blob_shapes, model_spec, random_blobs, write_caffe2_checkpoint
 from converters.caffe2_mapping import (AMBIGUITY_NOTE, Caffe2MappingError, blobs_to_state_dict,
-                                       caffe2_blob_name, caffe2_model_names, checkpoint_traits,
-                                       matching_models, state_dict_to_blobs, target_state_dict, zoo_key)
+                                       caffe2_blob_name, checkpoint_traits, matching_models, state_dict_to_blobs,
+                                       zoo_key)
 from converters.caffe2_pickle import read_caffe2_blobs
+from zoo.video_nonlocal_net import caffe2_model_names, caffe2_target_state_dict as target_state_dict
 
-CAFFE2_MODELS = ['c2d_nl_r50', 'c2d_nl_r50_8x8', 'c2d_r50', 'c2d_r50_8x8', 'i3d_nl_r50', 'i3d_nl_r50_8x8',
-                 'i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4', 'i3d_r50_8x8']
+CAFFE2_MODELS = ['c2d_nl_r50', 'c2d_nl_r50_8x8', 'c2d_r50', 'c2d_r50_8x8', 'i3d_nl_r50', 'i3d_nl_r50_128x1',
+                 'i3d_nl_r50_32x4', 'i3d_nl_r50_8x8', 'i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4', 'i3d_r50_8x8']
 # Same weights, different clip layout (see AMBIGUITY_NOTE).
 SAME_WEIGHTS = [{'c2d_r50', 'c2d_r50_8x8'}, {'c2d_nl_r50', 'c2d_nl_r50_8x8'}, {'i3d_r50', 'i3d_r50_8x8'},
-                {'i3d_nl_r50', 'i3d_nl_r50_8x8'}, {'i3d_r50_128x1', 'i3d_r50_32x4'}]
+                {'i3d_nl_r50', 'i3d_nl_r50_8x8'}, {'i3d_r50_128x1', 'i3d_r50_32x4'},
+                {'i3d_nl_r50_128x1', 'i3d_nl_r50_32x4'}]
 
 
 @pytest.fixture(scope='module')
@@ -145,7 +147,7 @@ def test_frozen_bn_model_refuses_running_statistics(i3d_blobs):
 
 @pytest.mark.parametrize('model_name, family, nonlocal_blocks, frozen', [
     ('c2d_r50', 'C2D', 0, False), ('c2d_nl_r50_8x8', 'C2D', 5, False), ('i3d_r50', 'I3D', 0, False),
-    ('i3d_nl_r50', 'I3D', 5, False), ('i3d_r50_128x1', 'I3D', 0, True)])
+    ('i3d_nl_r50', 'I3D', 5, False), ('i3d_r50_128x1', 'I3D', 0, True), ('i3d_nl_r50_32x4', 'I3D', 5, True)])
 def test_traits_are_read_from_blob_names_and_conv1_shape(model_name, family, nonlocal_blocks, frozen):
     traits = checkpoint_traits(caffe2_blob_shapes(model_spec(model_name)))
     assert (traits.family, traits.nonlocal_blocks, traits.frozen_bn) == (family, nonlocal_blocks, frozen)
@@ -154,7 +156,8 @@ def test_traits_are_read_from_blob_names_and_conv1_shape(model_name, family, non
 @pytest.mark.parametrize('model_name', CAFFE2_MODELS)
 def test_inference_names_both_clip_layouts_because_weights_cannot_tell_them_apart(model_name):
     expected = next(group for group in SAME_WEIGHTS if model_name in group)
-    assert matching_models(caffe2_blob_shapes(model_spec(model_name))) == sorted(expected)
+    targets = {name: target_state_dict(name) for name in CAFFE2_MODELS}
+    assert matching_models(caffe2_blob_shapes(model_spec(model_name)), targets) == sorted(expected)
     assert '32x2 vs 8x8' in AMBIGUITY_NOTE and 'cannot be inferred' in AMBIGUITY_NOTE
 
 
@@ -205,12 +208,13 @@ def _set_directly(model: zoo.ResNet3D, blobs) -> None:
                     for part in ('theta', 'phi', 'g', 'out'):
                         put(getattr(block.non_local, part).weight, f'{nl}_{part}_w')
                         put(getattr(block.non_local, part).bias, f'{nl}_{part}_b')
-                    norm(block.non_local.bn, f'{nl}_bn')
+                    if not isinstance(block.non_local.bn, nn.Identity):
+                        norm(block.non_local.bn, f'{nl}_bn')
         put(model.fc.weight, 'pred_w')
         put(model.fc.bias, 'pred_b')
 
 
-@pytest.mark.parametrize('model_name', ['i3d_nl_r50_8x8', 'i3d_r50_32x4', 'c2d_r50_8x8'])
+@pytest.mark.parametrize('model_name', ['i3d_nl_r50_8x8', 'i3d_r50_32x4', 'c2d_r50_8x8', 'i3d_nl_r50_32x4'])
 def test_converted_model_output_equals_directly_set_model(model_name):
     torch.manual_seed(0)
     blobs = random_blobs(model_spec(model_name), seed=7)

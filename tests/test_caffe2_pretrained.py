@@ -1,4 +1,4 @@
-"""`pretrained=True` for Caffe2 entries (convert once, cache by sha256) and the `python -m converters.caffe2` CLI."""
+"""`pretrained=True` for Caffe2 entries (convert once, cache by sha256) and the `python -m zoo.convert_caffe2` CLI."""
 import hashlib
 import subprocess
 import sys
@@ -12,8 +12,10 @@ import converters.caffe2 as caffe2
 import converters.download as download
 import zoo
 from caffe2_checkpoints import write_caffe2_checkpoint
-from converters.caffe2 import load_pretrained, main
+from converters.caffe2 import load_pretrained as caffe2_load_pretrained
 from converters.caffe2_mapping import zoo_key
+from zoo.convert_caffe2 import main
+from zoo.video_nonlocal_net import caffe2_target_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +33,12 @@ def _sha256(path) -> str:
 
 def _cfg(**overlay):
     return zoo.get_pretrained_cfg('i3d_r50').replace(overlay)
+
+
+def load_pretrained(cfg, model_name, cache_dir):
+    """The loader as the builder calls it, with the state dict of the architecture the checkpoint holds."""
+    return caffe2_load_pretrained(cfg, model_name=model_name, target=caffe2_target_state_dict(model_name),
+                                  cache_dir=cache_dir)
 
 
 def _assert_holds_blobs(state_dict, weights):
@@ -92,12 +100,14 @@ def test_local_file_that_differs_from_a_pinned_sha256_is_refused(i3d_checkpoint,
     assert not (tmp_path / 'converted').exists()
 
 
-def test_a_converted_zoo_safetensors_file_is_accepted_as_the_source(i3d_checkpoint, tmp_path):
+def test_a_converted_zoo_safetensors_file_is_accepted_as_the_source(i3d_checkpoint, tmp_path, monkeypatch):
     path, weights = i3d_checkpoint
     out = tmp_path / 'i3d_r50.safetensors'
     assert main([str(path), str(out), '--model', 'i3d_r50', '--quiet']) == 0
-    state_dict = load_pretrained(_cfg(file=str(out)), model_name='i3d_r50', cache_dir=tmp_path)
-    _assert_holds_blobs(state_dict, weights)
+    monkeypatch.setenv('ZOO_CACHE_DIR', str(tmp_path / 'cache'))
+    net = zoo.create_model('i3d_r50', pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    _assert_holds_blobs(net.state_dict(), weights)
+    assert not (tmp_path / 'cache').exists()  # loaded as is: nothing converted
 
 
 # ---- zoo.create_model end to end
@@ -158,7 +168,7 @@ def test_cli_with_a_model_the_weights_do_not_fit_exits_2_naming_the_blobs(i3d_ch
 def test_cli_bad_file_exits_2_with_one_line_and_no_traceback(tmp_path):
     bad = tmp_path / 'i3d.pkl'
     bad.write_bytes(b'<!DOCTYPE html><html>403 Forbidden</html>')
-    result = subprocess.run([sys.executable, '-m', 'converters.caffe2', str(bad), str(tmp_path / 'o.pth')],
+    result = subprocess.run([sys.executable, '-m', 'zoo.convert_caffe2', str(bad), str(tmp_path / 'o.pth')],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count('\n') == 1 and result.stderr.startswith(f'error: {bad}: is an HTML')

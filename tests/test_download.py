@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import random
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Union
@@ -237,6 +239,62 @@ def test_connection_refused_is_a_download_error_naming_the_url(tmp_path):
     with pytest.raises(DownloadError, match='connection failed') as err:
         get(url, tmp_path, retries=1)
     assert url in str(err.value)
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """A machine that cannot resolve host names, as one without a network: every lookup fails the way glibc
+    fails there (EAI_AGAIN). Returns the host names that were looked up."""
+    looked_up = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, 'Temporary failure in name resolution')
+
+    for name in ('HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY', 'http_proxy', 'https_proxy', 'all_proxy'):
+        monkeypatch.delenv(name, raising=False)   # the lookup must be of the download host itself
+    monkeypatch.setattr(socket, 'getaddrinfo', getaddrinfo)
+    return looked_up
+
+
+def test_unresolvable_host_fails_at_once_with_one_message_naming_the_ways_out(tmp_path, no_dns, caplog):
+    url = 'https://weights.example.invalid/video-nonlocal/i3d_baseline_32x2_IN_pretrain_400k.pkl'
+    with caplog.at_level(logging.WARNING, logger='converters.download'):
+        with pytest.raises(download.HostNotFoundError) as err:
+            get(url, tmp_path, retries=4)
+    assert no_dns == ['weights.example.invalid']          # one attempt: waiting does not bring a network back
+    assert caplog.records == []                            # no retry warnings either
+    message = str(err.value)
+    expected_at = tmp_path / 'downloads' / 'i3d_baseline_32x2_IN_pretrain_400k.pkl'
+    assert url in message and 'weights.example.invalid cannot be resolved' in message
+    assert f'expected at {expected_at}' in message
+    assert "pretrained_cfg_overlay=dict(file='/path/to/i3d_baseline_32x2_IN_pretrain_400k.pkl')" in message
+    assert f'place the file at {expected_at}' in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__   # no chained urllib3 traceback
+    assert isinstance(err.value, DownloadError)
+    assert not (tmp_path / 'downloads' / 'i3d_baseline_32x2_IN_pretrain_400k.pkl.part').exists()
+
+
+def test_pretrained_model_without_dns_fails_at_once_naming_the_cache_path(tmp_path, no_dns, monkeypatch):
+    import zoo
+    monkeypatch.setenv('ZOO_CACHE_DIR', str(tmp_path / 'cache'))
+    cfg = zoo.get_pretrained_cfg('i3d_r50')
+    with pytest.raises(download.HostNotFoundError) as err:
+        zoo.create_model('i3d_r50', pretrained=True)
+    assert len(no_dns) == 1
+    message = str(err.value)
+    assert cfg.url in message and str(tmp_path / 'cache' / 'downloads' / cfg.url.rsplit('/', 1)[-1]) in message
+    assert 'pretrained_cfg_overlay=dict(file=' in message
+
+
+def test_refused_connection_is_still_retried(tmp_path):
+    # the transient counterpart of a failed lookup: the host exists, nothing answers yet
+    probe = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+    port = probe.server_port
+    probe.server_close()
+    with pytest.raises(DownloadError, match='gave up after 3 attempts') as err:
+        get(f'http://127.0.0.1:{port}/model.pkl', tmp_path, retries=2)
+    assert not isinstance(err.value, download.HostNotFoundError)
 
 
 def test_html_page_instead_of_the_file_is_refused(server, tmp_path):

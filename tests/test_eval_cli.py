@@ -61,7 +61,14 @@ def test_demo_says_which_weights_it_used(demo_run):
     else:
         assert weights['kind'] == 'random'
         assert 'RANDOM WEIGHTS' in stdout and 'means nothing' in stdout
-    assert 'illustrative' in stdout
+
+
+def test_demo_shows_predictions_and_no_accuracy_for_its_unlabelled_clips(demo_run):
+    _, stdout, summary = demo_run
+    # no shipped demo clip truly shows a Kinetics class, so none is labelled and no accuracy is claimed
+    assert summary['counts']['labelled'] == 0 and summary['metrics']['videos'] == 0
+    assert 'demo predictions' in stdout and 'accuracy over' not in stdout
+    assert 'predictions only' in stdout
 
 
 def write_run(path, ids, labels, probs):

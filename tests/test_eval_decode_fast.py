@@ -1,4 +1,4 @@
-"""The decode fast path (eval.decode.DecodeOptions) against the PIL reference path, and the data benchmark.
+"""The decode fast path (eval.decode.DecodeOptions) against the PIL reference path.
 
 Exact paths must give bit-identical frames; the opt-in approximate ones (JPEG draft, swscale resize) stay
 within the tolerances measured on real footage (mean about 1 grey level of 255). No test times anything.
@@ -176,17 +176,3 @@ def test_bad_options_are_refused():
         DecodeOptions(video_resize='nearest')
     with pytest.raises(ValueError):
         DecodeOptions(jpeg_decoder='turbo')
-
-
-def test_bench_data_runs_on_a_tiny_config(tmp_path):
-    from eval.bench_data import bench_data
-    rows = bench_data(num_videos=1, frames=20, size=(64, 112), views='3x2', kinds=('kinetics',),
-                      repeats=1, cache_dir=str(tmp_path), network_clips_per_s=1.0, verbose=False,
-                      spec=ViewSpec(4, 2, 3, 2, 64, 64))
-    assert {r['source'] for r in rows} == {'frames', 'mp4'}
-    assert all(r['videos_per_s'] > 0 and r['x_network'] > 0 for r in rows)
-    exact = [r for r in rows if 'approx' not in r['variant']]
-    assert all(r['max_abs_diff'] == 0 for r in exact)        # every exact variant reproduces the baseline
-    baseline = [r for r in rows if 'baseline' in r['variant']]
-    fast = [r for r in rows if r['variant'].startswith('fast (exact')]
-    assert all(f['frames_decoded_per_video'] < b['frames_decoded_per_video'] for f, b in zip(fast, baseline))

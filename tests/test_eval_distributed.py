@@ -91,9 +91,8 @@ def test_a_killed_rank_stops_the_job_with_an_error_naming_it(tmp_path):
             time.sleep(0.05)
         assert victim is not None, 'rank 1 never stored a video'
         os.kill(victim, signal.SIGKILL)
-        killed_at = time.time()
-        output, _ = proc.communicate(timeout=90)
-        assert time.time() - killed_at < 90
+        # a hang guard, not a speed test: the job must end (it would otherwise wait for rank 1 forever)
+        output, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -110,7 +109,7 @@ import time
 from eval.distributed import RankFailure, init_distributed
 ctx = init_distributed(timeout_s=3)
 if ctx.rank == 1:
-    time.sleep(60)                                   # alive but stuck, e.g. in a decoder
+    time.sleep(300)                                  # alive but stuck, e.g. in a decoder
 try:
     ctx.barrier('waiting for every rank to finish its videos')
 except RankFailure as e:
@@ -123,9 +122,11 @@ def test_a_hanging_rank_stops_the_job_after_the_timeout_naming_it(tmp_path):
     script = tmp_path / 'hang.py'
     script.write_text(HANGING_RANK)
     torchrun = torchrun_command(2, [])[:3]
-    started = time.time()
+    # Rank 1 sleeps for 300 s, so a job that ends within 240 s (generous: start-up and the 3 s barrier
+    # timeout take seconds on any machine) was stopped by the barrier's timeout; subprocess.run raises
+    # TimeoutExpired if it was not.
     proc = subprocess.run(torchrun + [str(script)], cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True,
-                          timeout=50)
-    assert proc.returncode != 0 and time.time() - started < 50
+                          timeout=240)
+    assert proc.returncode != 0
     assert 'Ranks 1 failed to pass monitoredBarrier' in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'rank 0: waiting for every rank to finish its videos failed' in proc.stdout

@@ -6,8 +6,8 @@ import torch
 import zoo
 from zoo.resnet3d import ResNet3D
 
-CAFFE2_ENTRIES = ['c2d_nl_r50', 'c2d_nl_r50_8x8', 'c2d_r50', 'c2d_r50_8x8',
-                  'i3d_nl_r50', 'i3d_nl_r50_8x8', 'i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4', 'i3d_r50_8x8']
+CAFFE2_ENTRIES = ['c2d_nl_r50', 'c2d_nl_r50_8x8', 'c2d_r50', 'c2d_r50_8x8', 'i3d_nl_r50', 'i3d_nl_r50_128x1',
+                  'i3d_nl_r50_32x4', 'i3d_nl_r50_8x8', 'i3d_r50', 'i3d_r50_128x1', 'i3d_r50_32x4', 'i3d_r50_8x8']
 
 
 def test_list_models_filters_with_shell_patterns():

@@ -1,42 +1,27 @@
 """Builds a registered model: resolve its config, construct it, load pretrained or local weights."""
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
+from converters.caffe2 import ZOO_STATE_DICT_SUFFIXES
+
 from ._pretrained import VideoPretrainedCfg
-from ._registry import model_entrypoint, resolve_pretrained_cfg
+from ._registry import model_entrypoint, resolve_pretrained_cfg, split_model_name_tag
 
 _logger = logging.getLogger(__name__)
 
-# source_format -> 'module:function' returning the model's full state dict for a config. Resolved lazily:
-# zoo never imports converters at module level (imports flow from converters to zoo).
-PRETRAINED_LOADERS: Dict[str, str] = {
-    'caffe2_pickle': 'converters.caffe2:load_pretrained',
-    'deepmind_i3d_pickle': 'converters.deepmind_i3d:load_pretrained',
-}
+# A family's pretrained loader, handed to the builder by the family module (as timm's pretrained_filter_fn):
+# loader(cfg, model_name=..., target=..., cache_dir=...) -> the full state dict of the checkpoint, where
+# ``target`` is the state dict (keys, shapes, dtypes; on the meta device) of the architecture the checkpoint
+# was trained as (the config's class count, 3 input channels).
+PretrainedLoader = Callable[..., Dict[str, torch.Tensor]]
 
-
-def _resolve_loader(cfg: VideoPretrainedCfg) -> Callable[..., Dict[str, torch.Tensor]]:
-    spec = PRETRAINED_LOADERS.get(cfg.source_format or '')
-    if spec is None:
-        raise RuntimeError(f'{cfg.architecture}: no loader for source format {cfg.source_format!r}; '
-                           f'known formats: {sorted(PRETRAINED_LOADERS)}')
-    module_name, fn_name = spec.split(':')
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise NotImplementedError(
-                f'{cfg.architecture}: pretrained weights are not yet available: the converter '
-                f'{module_name} for {cfg.source_format} files is not part of this installation') from e
-        raise
-    return getattr(module, fn_name)
+# A pretrained ``file`` with a zoo state-dict suffix is loaded as is, whatever the entry's source format.
 
 
 def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
@@ -59,15 +44,31 @@ def load_state_dict_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     return obj
 
 
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first-conv kernel trained on RGB for ``in_chans`` input channels, as timm adapts 2D ones: summed for
+    one channel, else the RGB kernels repeated and scaled by 3 / in_chans (the response to a grey input
+    is unchanged). Any kernel rank, so 3D kernels too."""
+    if weight.shape[1] != 3:
+        raise ValueError(f'expected an RGB first-conv kernel, got shape {tuple(weight.shape)}')
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // 3)
+    weight = weight.repeat(1, repeats, *([1] * (weight.dim() - 2)))[:, :in_chans]
+    return weight * (3.0 / in_chans)
+
+
 def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
     """Strict load, except that a classifier whose class count differs from the checkpoint's is kept as
-    freshly initialised (fine-tuning on a new label set). Every other mismatch is an error naming the keys."""
+    freshly initialised (fine-tuning on a new label set) and one removed (``num_classes=0``) is not loaded.
+    Every other mismatch is an error naming the keys."""
     classifier = model.pretrained_cfg.classifier if hasattr(model, 'pretrained_cfg') else 'fc'
     own = model.state_dict()
     state_dict = dict(state_dict)
     for suffix in ('weight', 'bias'):
         key = f'{classifier}.{suffix}'
-        if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+        if key in state_dict and key not in own and getattr(model, 'num_classes', None) == 0:
+            del state_dict[key]
+        elif key in state_dict and key in own and state_dict[key].shape != own[key].shape:
             _logger.info('%s: %s has shape %s, model wants %s: keeping the new head', source, key,
                          tuple(state_dict[key].shape), tuple(own[key].shape))
             state_dict[key] = own[key]
@@ -83,32 +84,81 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: 
     model.load_state_dict(state_dict, strict=True)
 
 
+def _checkpoint_target(model_cls: Callable[..., nn.Module], cfg: VideoPretrainedCfg,
+                       kwargs: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The state dict of the architecture a checkpoint holds (its class count, RGB input), on the meta device."""
+    arch_kwargs = {k: v for k, v in kwargs.items() if k not in ('in_chans', 'device', 'dtype')}
+    with torch.device('meta'):
+        return model_cls(num_classes=cfg.num_classes, **arch_kwargs).state_dict()
+
+
+def load_pretrained(model: nn.Module, model_cls: Callable[..., nn.Module], model_name: str,
+                    cfg: VideoPretrainedCfg, loader: Optional[PretrainedLoader], kwargs: Dict[str, Any],
+                    cache_dir: Optional[str] = None) -> None:
+    """Load the weights a config names into ``model``: a zoo state-dict ``file`` directly, anything else
+    through the family's loader; the first conv is adapted when the model's input channels are not RGB."""
+    if not cfg.has_weights:
+        raise RuntimeError(f'{model_name}: no pretrained weights are registered for this entry')
+    if cfg.file and str(cfg.file).endswith(ZOO_STATE_DICT_SUFFIXES):
+        state_dict = load_state_dict_file(os.path.expanduser(cfg.file))
+    elif loader is None:
+        raise RuntimeError(f'{model_name}: no loader for source format {cfg.source_format!r}')
+    else:
+        state_dict = loader(cfg, model_name=model_name, target=_checkpoint_target(model_cls, cfg, kwargs),
+                            cache_dir=cache_dir)
+    in_chans = kwargs.get('in_chans', 3)
+    first = f'{cfg.first_conv}.weight'
+    if in_chans != 3 and first in state_dict:
+        state_dict = {**state_dict, first: adapt_input_conv(state_dict[first], in_chans)}
+    load_weights(model, state_dict, source=f'pretrained weights of {model_name}')
+
+
+def _feature_class(feature_cls: Any):
+    """timm's feature-extraction wrapper for ``feature_cls`` (a class, or timm's names for them)."""
+    from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+    from timm.models._features_fx import FeatureGraphNet
+    if feature_cls is None:
+        return FeatureListNet
+    if isinstance(feature_cls, type):
+        return feature_cls
+    name = str(feature_cls).lower()
+    classes = dict(list=FeatureListNet, dict=FeatureDictNet, hook=FeatureHookNet, fx=FeatureGraphNet,
+                   getter=FeatureGetterNet)
+    if name not in classes:
+        raise ValueError(f'unknown feature_cls {feature_cls!r}; use one of {sorted(classes)}')
+    return classes[name]
+
+
 def build_model_with_cfg(model_cls: Callable[..., nn.Module], model_name: str, pretrained: bool = False, *,
-                         num_classes: Optional[int] = None, checkpoint_path: Optional[str] = None,
-                         pretrained_cfg_overlay: Optional[dict] = None, pretrained_cfg: Any = None,
-                         cache_dir: Optional[str] = None, **kwargs) -> nn.Module:
+                         pretrained_loader: Optional[PretrainedLoader] = None, num_classes: Optional[int] = None,
+                         checkpoint_path: Optional[str] = None, pretrained_cfg: Any = None,
+                         pretrained_cfg_overlay: Optional[dict] = None, cache_dir: Optional[str] = None,
+                         features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
+                         feature_cls: Any = None, feature_cfg: Optional[dict] = None, **kwargs) -> nn.Module:
     """Construct ``model_cls`` for a registered name and load weights; the model is returned in eval mode.
 
-    ``pretrained_cfg`` is accepted for timm's create_model, which passes its own (empty) record; ours
-    comes from the zoo registry, changed by ``pretrained_cfg_overlay``.
+    ``pretrained_cfg`` is what timm's create_model passes: a tag (from ``name.tag``), a dict of changes or a
+    VideoPretrainedCfg; ``pretrained_cfg_overlay`` changes fields (timm's keys or ours). ``device``/``dtype``
+    go to the architecture. ``features_only`` wraps the network in timm's feature extractor
+    (``feature_cls``: 'list' (default), 'getter', 'dict', 'hook', 'fx'), returning ``out_indices`` maps.
     """
-    if isinstance(pretrained_cfg, VideoPretrainedCfg):
-        cfg = pretrained_cfg.replace(pretrained_cfg_overlay)
-    else:
-        cfg = resolve_pretrained_cfg(model_name, pretrained_cfg_overlay)
+    cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
     if num_classes is None:
         num_classes = cfg.num_classes
     model = model_cls(num_classes=num_classes, **kwargs)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name for the same record
     if pretrained:
-        if not cfg.has_weights:
-            raise RuntimeError(f'{model_name}: no pretrained weights are registered for this entry')
-        loader = _resolve_loader(cfg)
-        state_dict = loader(cfg, model_name=model_name, cache_dir=cache_dir)
-        load_weights(model, state_dict, source=f'pretrained weights of {model_name}')
+        load_pretrained(model, model_cls, model_name, cfg, pretrained_loader, kwargs, cache_dir)
     if checkpoint_path:
         load_weights(model, load_state_dict_file(checkpoint_path), source=str(checkpoint_path))
+    if features_only:
+        feature_cfg = dict(feature_cfg or {})
+        feature_cls = feature_cfg.pop('feature_cls', feature_cls)
+        feature_cfg['out_indices'] = tuple(out_indices if out_indices is not None
+                                           else feature_cfg.get('out_indices', range(len(model.feature_info))))
+        model = _feature_class(feature_cls)(model, **feature_cfg)
+        model.pretrained_cfg = model.default_cfg = cfg
     return model.eval()
 
 
@@ -118,13 +168,18 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: Optiona
     """Create a registered model, in eval mode.
 
     Args:
-        model_name: a name from ``zoo.list_models()``.
+        model_name: a name from ``zoo.list_models()``, optionally with its pretrained tag
+            (``i3d_r50.c2_kinetics400``).
         pretrained: load the entry's pretrained weights (downloaded, verified and converted on first use).
         num_classes: a new classifier of this size; the pretrained backbone is kept.
         checkpoint_path: a zoo ``.pth``/``.safetensors`` state dict loaded after construction.
         pretrained_cfg_overlay: fields replacing those of the registered config, e.g. ``dict(file=...)``.
-        **kwargs: passed to the architecture (e.g. ``fully_conv_test=True``, ``drop_rate``).
+        **kwargs: passed to the builder (``features_only``, ``out_indices``, ``pretrained_cfg`` ...) and the
+            architecture (e.g. ``fully_conv_test=True``, ``drop_rate``, ``global_pool``, ``device``, ``dtype``).
     """
+    model_name, tag = split_model_name_tag(model_name)
+    if tag:
+        kwargs.setdefault('pretrained_cfg', tag)
     entry = model_entrypoint(model_name)
     return entry(pretrained=pretrained, num_classes=num_classes, checkpoint_path=checkpoint_path,
                  pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)

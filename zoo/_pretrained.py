@@ -1,11 +1,13 @@
-"""Video-aware pretrained-config records: what a checkpoint is, where it comes from, how to feed it."""
+"""Video-aware pretrained-config records: what a checkpoint is, where it comes from, how to feed it; and the
+timm view of the same record (timm's keys, derived from ours in one place, ``timm_fields``)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 
 @lru_cache(maxsize=None)
@@ -19,14 +21,21 @@ def kinetics400_class_names() -> Tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class VideoPretrainedCfg:
+class VideoPretrainedCfg(Mapping):
     """Declarative record of one pretrained video checkpoint.
 
-    Loading code reads these fields; nothing else in the project hard-codes them. Unlike timm's
-    PretrainedCfg it describes the clip (frames, sampling rate, fps), the multi-view test, the value
-    range of the input and the integrity of the source file (sha256, size).
+    Attributes are our fields, in our units: it describes the clip (frames, sampling rate, fps), the
+    multi-view test, the value range of the input (``mean``/``std`` are on that range, e.g. 114.75 on
+    0-255 pixels) and the integrity of the source file (sha256, size).
+
+    As a mapping it is timm's pretrained config: ``cfg['input_size']``, ``cfg.get('mean')`` ... give timm's
+    keys with timm's meaning (``input_size`` (3, T, H, W), ``mean``/``std`` on timm's 0-1 scale,
+    ``crop_pct``, ``pool_size`` ...), computed from the attributes by ``timm_fields``; our video-only
+    fields (``num_frames``, ``sampling_rate``, ``sha256``, ``top1`` ...) are keys too. So ``cfg.mean`` is
+    (114.75,) * 3 and ``cfg['mean']`` is (0.45,) * 3: the same normalisation in the two scales.
     """
     architecture: str = ''
+    tag: Optional[str] = None                # timm pretrained tag: `<architecture>.<tag>` names these weights
     # --- source checkpoint
     source_name: Optional[str] = None        # upstream checkpoint name, e.g. i3d_baseline_32x2_IN_pretrain_400k
     url: Optional[str] = None                # where the source file is downloaded from
@@ -43,10 +52,12 @@ class VideoPretrainedCfg:
     sampling_rate: int = 2                   # take every n-th decoded frame
     fps: Optional[float] = None              # frame rate the clips are decoded at (None: native)
     min_frames: int = 1                      # fewest frames the network accepts
+    min_crop_size: int = 1                   # smallest height/width the network accepts
     channel_order: str = 'RGB'
     value_range: Tuple[float, float] = (0.0, 255.0)   # range of the pixels before mean/std
     mean: Tuple[float, ...] = (114.75, 114.75, 114.75)
     std: Tuple[float, ...] = (57.375, 57.375, 57.375)
+    interpolation: str = 'bilinear'          # test-time resize (Caffe2: cv::resize, bilinear)
     crop_size: int = 224                     # training crop, used for single-view testing
     test_scale: int = 256                    # short side the videos are resized to for testing
     test_crop_size: int = 256                # crop of the multi-view (fully-convolutional) test
@@ -58,6 +69,7 @@ class VideoPretrainedCfg:
     class_names: Tuple[str, ...] = field(default=(), repr=False)
     classifier: str = 'fc'
     first_conv: str = 'conv1'
+    pool_size: Optional[Tuple[int, int, int]] = None   # (T', H', W') of forward_features at input_size
     # --- reported accuracy of the source checkpoint
     top1: Optional[float] = None
     top5: Optional[float] = None
@@ -71,6 +83,11 @@ class VideoPretrainedCfg:
         return (3, self.num_frames, self.crop_size, self.crop_size)
 
     @property
+    def min_input_size(self) -> Tuple[int, int, int, int]:
+        """(C, T, H, W) of the smallest clip the network accepts."""
+        return (3, self.min_frames, self.min_crop_size, self.min_crop_size)
+
+    @property
     def has_weights(self) -> bool:
         return bool(self.url or self.file)
 
@@ -78,10 +95,98 @@ class VideoPretrainedCfg:
         return dataclasses.asdict(self)
 
     def replace(self, overlay: Optional[Mapping[str, Any]] = None, **changes: Any) -> 'VideoPretrainedCfg':
-        """A copy with fields changed; an unknown field is an error naming the valid ones."""
+        """A copy with fields changed, in our units; an unknown field is an error naming the valid ones."""
         changes = {**(overlay or {}), **changes}
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f'unknown pretrained-config field(s) {unknown}; valid fields: {sorted(known)}')
         return dataclasses.replace(self, **changes)
+
+    def overlay(self, overlay: Optional[Mapping[str, Any]] = None) -> 'VideoPretrainedCfg':
+        """``pretrained_cfg_overlay`` of create_model: timm's keys in timm's meaning (``mean`` on 0-1,
+        ``input_size`` (3, T, H, W) ...) and our video-only fields."""
+        return self.replace(from_timm_fields(self, overlay or {}))
+
+    # --- the timm mapping
+    @cached_property
+    def _timm(self) -> Dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **timm_fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._timm[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._timm)
+
+    def __len__(self) -> int:
+        return len(self._timm)
+
+
+def _unit(cfg: VideoPretrainedCfg) -> Tuple[float, float]:
+    low, high = cfg.value_range
+    return low, high - low
+
+
+def timm_fields(cfg: VideoPretrainedCfg) -> Dict[str, Any]:
+    """timm's PretrainedCfg keys of a record: the one place where timm's view is derived from ours."""
+    low, scale = _unit(cfg)
+    frames = cfg.num_frames
+    return dict(
+        url=cfg.url, file=cfg.file, state_dict=None, hf_hub_id='', hf_hub_filename=None, source=None,
+        architecture=cfg.architecture, tag=cfg.tag, custom_load=False,
+        input_size=cfg.input_size, test_input_size=(3, frames, cfg.test_crop_size, cfg.test_crop_size),
+        min_input_size=cfg.min_input_size, fixed_input_size=False, interpolation=cfg.interpolation,
+        # timm resizes the short side to crop / crop_pct, then centre-crops: the short side is test_scale.
+        crop_pct=cfg.crop_size / cfg.test_scale, test_crop_pct=cfg.test_crop_size / cfg.test_scale,
+        crop_mode='center',
+        mean=tuple((m - low) / scale for m in cfg.mean), std=tuple(s / scale for s in cfg.std),
+        num_classes=cfg.num_classes, label_offset=None, label_names=cfg.class_names or None,
+        label_descriptions=None, pool_size=cfg.pool_size, test_pool_size=None,
+        first_conv=cfg.first_conv, classifier=cfg.classifier, license=cfg.license,
+        description=cfg.source_name, origin_url=cfg.paper_url, paper_name=cfg.paper,
+        paper_ids=cfg.paper_url, notes=(cfg.notes,) if cfg.notes else None,
+    )
+
+
+# timm keys whose meaning differs from (or is spelt differently in) our fields, accepted in an overlay.
+TIMM_OVERLAY_KEYS = ('mean', 'std', 'input_size', 'test_input_size', 'min_input_size', 'label_names', 'crop_pct',
+                     'test_crop_pct')
+
+
+def from_timm_fields(cfg: VideoPretrainedCfg, changes: Mapping[str, Any]) -> Dict[str, Any]:
+    """The inverse of ``timm_fields`` for an overlay: timm keys -> our fields (ours pass through)."""
+    low, scale = _unit(cfg)
+    ours = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(k for k in changes if k not in ours and k not in TIMM_OVERLAY_KEYS)
+    if unknown:
+        raise ValueError(f'unknown pretrained-config field(s) {unknown}; timm keys: {list(TIMM_OVERLAY_KEYS)}; '
+                         f'our fields: {sorted(ours)}')
+    out: Dict[str, Any] = {}
+    for key, value in changes.items():
+        if key in ('mean', 'std'):
+            values = tuple(float(v) for v in value)
+            out[key] = tuple(low + v * scale for v in values) if key == 'mean' else tuple(v * scale for v in values)
+        elif key in ('input_size', 'test_input_size', 'min_input_size'):
+            channels, frames, height, width = value
+            if channels != 3 or height != width:
+                raise ValueError(f'{key} {tuple(value)}: expected (3, T, S, S) for these RGB video models')
+            out.update({'input_size': dict(num_frames=frames, crop_size=height),
+                        'test_input_size': dict(test_crop_size=height),
+                        'min_input_size': dict(min_frames=frames, min_crop_size=height)}[key])
+        elif key == 'label_names':
+            out['class_names'] = tuple(value or ())
+        elif key == 'crop_pct':
+            out['test_scale'] = round(out.get('crop_size', cfg.crop_size) / float(value))
+        elif key == 'test_crop_pct':
+            out['test_scale'] = round(out.get('test_crop_size', cfg.test_crop_size) / float(value))
+        else:
+            out[key] = value
+    return out
+
+
+def to_timm_pretrained_cfg(cfg: VideoPretrainedCfg):
+    """timm's own PretrainedCfg of a record (for timm's registry), with the fields this timm version has."""
+    from timm.models import PretrainedCfg
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    return PretrainedCfg(**{k: v for k, v in timm_fields(cfg).items() if k in known})

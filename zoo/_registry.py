@@ -4,7 +4,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._pretrained import VideoPretrainedCfg
 
@@ -50,10 +51,21 @@ def model_entrypoint(name: str) -> Callable:
     return _model_entrypoints[name]
 
 
+def split_model_name_tag(name: str) -> Tuple[str, str]:
+    """'i3d_r50.c2_kinetics400' -> ('i3d_r50', 'c2_kinetics400'); a name without a tag gets ''."""
+    architecture, _, tag = name.partition('.')
+    return architecture, tag
+
+
 def get_pretrained_cfg(name: str) -> VideoPretrainedCfg:
-    if name not in _pretrained_cfgs:
-        raise _unknown_model_error(name)
-    return _pretrained_cfgs[name]
+    """The config of a model name, with or without its pretrained tag (``i3d_r50`` or ``i3d_r50.c2_kinetics400``)."""
+    architecture, tag = split_model_name_tag(name)
+    if architecture not in _pretrained_cfgs:
+        raise _unknown_model_error(architecture)
+    cfg = _pretrained_cfgs[architecture]
+    if tag and tag != cfg.tag:
+        raise KeyError(f'{architecture} has no pretrained tag {tag!r}; its weights are {architecture}.{cfg.tag}')
+    return cfg
 
 
 def list_models(filter: Union[str, Iterable[str]] = '', pretrained: bool = False,
@@ -79,5 +91,17 @@ def list_modules() -> List[str]:
     return sorted(set(_model_to_module.values()))
 
 
-def resolve_pretrained_cfg(name: str, overlay: Optional[dict] = None) -> VideoPretrainedCfg:
-    return get_pretrained_cfg(name).replace(overlay)
+def resolve_pretrained_cfg(name: str, pretrained_cfg: Any = None,
+                           overlay: Optional[Mapping] = None) -> VideoPretrainedCfg:
+    """The config a model is built with: the registered one, or ``pretrained_cfg`` (a tag as timm passes it
+    for ``name.tag``, a VideoPretrainedCfg, or a dict of changes), then ``overlay`` (timm's keys or ours)."""
+    if pretrained_cfg is None or isinstance(pretrained_cfg, str):
+        cfg = get_pretrained_cfg(f'{name}.{pretrained_cfg}' if pretrained_cfg else name)
+    elif isinstance(pretrained_cfg, VideoPretrainedCfg):
+        cfg = pretrained_cfg
+    elif isinstance(pretrained_cfg, Mapping):
+        cfg = get_pretrained_cfg(name).overlay(pretrained_cfg)
+    else:
+        raise TypeError(f'{name}: pretrained_cfg must be a tag, a dict or a VideoPretrainedCfg, '
+                        f'got {type(pretrained_cfg).__name__}')
+    return cfg.overlay(overlay)

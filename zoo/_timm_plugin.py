@@ -1,9 +1,16 @@
-"""Registers every zoo entry in timm's registry, so timm.create_model(name) builds the same network."""
+"""Registers every zoo entry in timm's registry, with its pretrained config under its tag, so
+timm.create_model(name), timm.list_pretrained() and timm.models.get_pretrained_cfg(name) see our entries."""
 from __future__ import annotations
 
 import sys
+from collections import deque
 
-from ._registry import _model_entrypoints
+from ._pretrained import to_timm_pretrained_cfg
+from ._registry import _model_entrypoints, _pretrained_cfgs
+
+# timm's register_model reads the pretrained configs of an entry from its module's ``default_cfgs``: here,
+# timm's own records derived from ours (zoo._pretrained.timm_fields), filled in by register_with_timm.
+default_cfgs: dict = {}
 
 
 def _timm_entry(name: str):
@@ -19,11 +26,9 @@ def _timm_entry(name: str):
 
 
 def register_with_timm() -> list:
-    """Register the zoo entries timm does not know yet; returns their names. No-op without timm."""
-    try:
-        from timm.models import _registry as timm_registry
-    except ImportError:
-        return []
+    """Register the zoo entries timm does not know yet; returns their names."""
+    from timm.models import _registry as timm_registry
+    from timm.models._pretrained import DefaultCfg
     added = []
     module = sys.modules[__name__]
     for name in sorted(_model_entrypoints):
@@ -31,6 +36,9 @@ def register_with_timm() -> list:
             if getattr(timm_registry._model_entrypoints[name], '__module__', None) == __name__:
                 continue
             raise RuntimeError(f'timm already has a model named {name!r}; the zoo entry would shadow it')
+        cfg = _pretrained_cfgs[name]
+        tag = cfg.tag or ''
+        default_cfgs[name] = DefaultCfg(tags=deque([tag]), cfgs={tag: to_timm_pretrained_cfg(cfg)})
         fn = _timm_entry(name)
         setattr(module, name, fn)
         timm_registry.register_model(fn)

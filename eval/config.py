@@ -1,0 +1,184 @@
+"""One resolved configuration per run: the flags merged with the model's pretrained config, once.
+
+``RunRequest`` is what the user asked for (flags, nothing derived). ``resolve_config`` turns it, the chosen
+model and the benchmark's class list into a frozen ``RunConfig``; the engine, the FLOP report, the manifest
+and the speed benchmarks read that record and never re-derive a rule. Each rule is one function here:
+which head runs (``fully_conv_head``), which classes a model scores (``model_class_names``), the view
+geometry (``view_spec``), the run folder's name (``default_out_dir``), batch and worker defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+import zoo
+from zoo.inference import PRECISIONS
+
+from .distributed import DEFAULT_TIMEOUT_S, usable_cpus
+from .views import ViewSpec
+
+AGGREGATIONS = ('softmax', 'logits')
+DEFAULT_MAX_FAILED = 0.01
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """The flags of one run, as given (None: not given, a rule decides)."""
+    benchmark: str = 'kinetics400'
+    model: Optional[str] = None
+    data: Optional[str] = None
+    annotations: Optional[str] = None
+    split: Optional[str] = None
+    views: Optional[str] = None
+    frames: Optional[int] = None
+    rate: Optional[int] = None
+    scale: Optional[int] = None
+    crop: Optional[int] = None
+    fps: Optional[float] = None
+    aggregate: str = 'softmax'
+    checkpoint: Optional[str] = None
+    weights_file: Optional[str] = None
+    random_weights: bool = False
+    batch_size: Optional[int] = None
+    workers: Optional[int] = None
+    device: Optional[str] = None
+    precision: str = 'fp32'
+    no_fast_path: bool = False
+    compile: bool = False
+    seed: int = 0
+    retry_failed: bool = False
+    max_failed: float = DEFAULT_MAX_FAILED
+    dist_timeout: float = DEFAULT_TIMEOUT_S
+    max_videos: Optional[int] = None
+    out: Optional[str] = None
+    cache_dir: Optional[str] = None
+    no_flops: bool = False
+    no_progress: bool = False
+    command: str = ''
+
+    @classmethod
+    def from_namespace(cls, args: Any, command: str = '') -> 'RunRequest':
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        return cls(**values, command=command)
+
+    @property
+    def demo(self) -> bool:
+        return self.data is None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run does, decided: the engine reads this and nothing else."""
+    request: RunRequest
+    model_name: str
+    weights: Dict[str, Any]                  # kind (pretrained / checkpoint / random), source, licence, ...
+    spec: ViewSpec
+    fully_conv: bool
+    class_names: Tuple[str, ...] = field(repr=False)
+    fps: Optional[float]                     # video files are resampled to this rate (None: native)
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    channel_order: str
+    precision: str
+    fast_path: bool
+    compile: bool
+    batch_size: int
+    workers: int
+    device: str
+    out_dir: str
+    stamp: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def demo(self) -> bool:
+        return self.request.demo
+
+
+# ------------------------------------------------------------------------------------------- the rules
+
+def fully_conv_head(cfg, crop_size: int) -> bool:
+    """The Caffe2 fully-convolutional test head runs when the crop exceeds the training crop (256 > 224):
+    tools/test_net_video.py sets CROP_SIZE = JITTER_SCALES[0] with TEST_FULLY_CONV."""
+    return cfg is not None and crop_size > cfg.crop_size
+
+
+def model_num_classes(model: torch.nn.Module) -> int:
+    """How many classes the model's classifier scores (a new head may differ from its pretrained config)."""
+    return getattr(model, 'num_classes', None) or model.pretrained_cfg.num_classes
+
+
+def model_class_names(cfg) -> Tuple[str, ...]:
+    """The names of the classes a model's classifier scores, in its order."""
+    if cfg.class_names and len(cfg.class_names) == cfg.num_classes:
+        return tuple(cfg.class_names)
+    if cfg.label_set == 'kinetics400' and cfg.num_classes == 400:
+        return zoo.kinetics400_class_names()
+    return tuple(f'class {i}' for i in range(cfg.num_classes))
+
+
+def parse_views(text: str) -> Tuple[int, int]:
+    """'SxT' -> (spatial crops, temporal clips)."""
+    try:
+        spatial, temporal = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'views must look like SxT (spatial crops x temporal clips), e.g. 3x10; got {text!r}')
+    if spatial < 1 or temporal < 1:
+        raise ValueError(f'views must be positive, got {text!r}')
+    return spatial, temporal
+
+
+def view_spec(cfg, views: Optional[Tuple[int, int]] = None, frames: Optional[int] = None,
+              rate: Optional[int] = None, scale: Optional[int] = None, crop: Optional[int] = None) -> ViewSpec:
+    """The views run: the model's published test unless ``views`` is given; fields overridable."""
+    return ViewSpec.from_cfg(cfg, tuple(views or cfg.test_views), frames=frames, rate=rate, scale=scale, crop=crop)
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 8 if device.type == 'cuda' else 2      # on CPU a bigger batch only costs memory
+
+
+def default_workers(local_world_size: int) -> int:
+    """Decode processes per rank: the rank's share of the CPUs minus the one running the model, at most 4."""
+    return min(4, max(0, usable_cpus() // local_world_size - 1))
+
+
+def default_out_dir(model_name: str, spec: ViewSpec, stamp: str) -> str:
+    return os.path.join('runs', f'{model_name}-{spec.name}-{stamp}')
+
+
+def check_request(request: RunRequest) -> None:
+    """Flag values no rule can repair, refused before anything is loaded."""
+    if request.precision not in PRECISIONS:
+        raise ValueError(f'--precision must be one of {PRECISIONS}, got {request.precision!r}')
+    if request.aggregate not in AGGREGATIONS:
+        raise ValueError(f'--aggregate must be one of {AGGREGATIONS}, got {request.aggregate!r}')
+    if not 0 <= request.max_failed <= 1:
+        raise ValueError(f'--max-failed is a fraction between 0 and 1, got {request.max_failed}')
+    if request.views:
+        parse_views(request.views)
+
+
+def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module, weights: Dict[str, Any],
+                   class_names: Optional[Sequence[str]], device: torch.device, local_world_size: int,
+                   stamp: str) -> RunConfig:
+    """The frozen record of the run. ``class_names``: the benchmark's own list (None: the model's)."""
+    cfg = model.pretrained_cfg
+    spec = view_spec(cfg, parse_views(request.views) if request.views else None, request.frames,
+                     request.rate, request.scale, request.crop)
+    return RunConfig(
+        request=request, model_name=model_name, weights=weights, spec=spec,
+        fully_conv=fully_conv_head(cfg, spec.crop_size),
+        class_names=tuple(class_names) if class_names else model_class_names(cfg),
+        fps=request.fps or cfg.fps, mean=tuple(cfg.mean), std=tuple(cfg.std), channel_order=cfg.channel_order,
+        precision=request.precision, fast_path=not request.no_fast_path, compile=request.compile,
+        batch_size=request.batch_size or default_batch_size(device),
+        workers=request.workers if request.workers is not None else default_workers(local_world_size),
+        device=str(device), out_dir=request.out or default_out_dir(model_name, spec, stamp), stamp=stamp)

@@ -1,0 +1,336 @@
+"""The video-benchmark engine: resolve -> prepare -> score -> gather -> write outputs -> summary.
+
+    exit_code = run(RunRequest(benchmark='ucf101', split='1', data='/data/ucf101', model='i3d_r50', ...))
+
+Every front end (``python -m eval``, ``python -m eval.kinetics``) only parses flags into a ``RunRequest``
+and calls ``run``. Phases never mix: ``resolve`` decides everything once (a frozen ``RunConfig``),
+``prepare`` reads the benchmark and opens the run folder, ``score`` runs this rank's share into the durable
+store, ``gather`` is the only place ranks meet, and the result is always rebuilt from the store, so a
+resumed and an uninterrupted run go through the same code. Exit status: 0 when videos were scored and
+decode failures stay within ``--max-failed``; 1 when the run produced nothing useful (outputs are still
+written); 2 for bad flags, data or --out found before any work; 3 when a rank failed.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+import zoo
+
+from .benchmarks import Benchmark, get_benchmark
+from .config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
+from .console import Console, print_header, print_outcome, protocol_text
+from .datasets import DataNotFound, LabelMap, VideoRecord, read_list_file
+from .distributed import DistContext, RankFailure, init_distributed, rank_device
+from .flops import count_flops
+from .report import json_safe, metrics_over_annotated, write_run
+from .resumable import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
+                        plan_work, probe_writable, result_from_store, score_shard, weights_fingerprint)
+from .runner import EvalResult
+from .store import ScoreStore, check_run_dir, write_manifest
+
+RANDOM_WEIGHTS_NOTE = ('RANDOM WEIGHTS: this model is untrained, so its accuracy means nothing; '
+                       'the run only shows the pipeline working.')
+
+
+class RunError(Exception):
+    """A run that cannot start (or cannot be trusted): the message names what is wrong; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` found: the records to score, the run folder's store and this attempt's plan."""
+    records: List[VideoRecord]
+    annotated: int
+    dataset_desc: str
+    store: ScoreStore
+    plan: Plan
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+def load_model(name: str, pretrained: bool = True, checkpoint: Optional[str] = None,
+               weights_file: Optional[str] = None, num_classes: Optional[int] = None) -> Tuple[torch.nn.Module, dict]:
+    """A zoo model and a description of the weights it carries (for the summary and the console)."""
+    overlay = {'file': weights_file} if weights_file else None
+    model = zoo.create_model(name, pretrained=pretrained and not checkpoint, checkpoint_path=checkpoint,
+                             pretrained_cfg_overlay=overlay, num_classes=num_classes)
+    cfg = model.pretrained_cfg
+    if checkpoint:
+        weights = {'kind': 'checkpoint', 'trained': True, 'source': os.path.abspath(checkpoint)}
+    elif pretrained:
+        weights = {'kind': 'pretrained', 'trained': True, 'source': cfg.file or cfg.url,
+                   'source_name': cfg.source_name, 'license': cfg.license,
+                   'published_top1': cfg.top1, 'published_top5': cfg.top5}
+    else:
+        weights = {'kind': 'random', 'trained': False, 'source': None, 'note': RANDOM_WEIGHTS_NOTE}
+    return model, weights
+
+
+def _benchmark_classes(request: RunRequest, benchmark: Benchmark) -> Optional[Tuple[str, ...]]:
+    if benchmark.classes is None or request.demo:
+        return None
+    try:
+        return benchmark.classes(request.data, request.annotations)
+    except (OSError, ValueError) as e:
+        raise RunError(str(e)) from e
+
+
+def _head_size(name: str, request: RunRequest, classes: Optional[Tuple[str, ...]]) -> Optional[int]:
+    """The classifier to build: the checkpoint's own, the benchmark's for random weights, else the registered one
+    (a checkpoint's head is read, never replaced: scoring a fresh head would be silently meaningless)."""
+    if request.checkpoint:
+        weight = zoo.load_state_dict_file(request.checkpoint).get(f'{zoo.get_pretrained_cfg(name).classifier}.weight')
+        return None if weight is None else int(weight.shape[0])
+    return len(classes) if classes and request.random_weights else None
+
+
+def _choose_model(request: RunRequest, classes: Optional[Tuple[str, ...]]):
+    """(name, model, weights, notes); a benchmark with its own classes needs a head of that size."""
+    if request.demo:
+        from .demo import choose_demo_model
+        return choose_demo_model(request.model, load_model)
+    name = request.model or 'i3d_r50'
+    try:
+        num_classes = _head_size(name, request, classes)
+        model, weights = load_model(name, pretrained=not request.random_weights, checkpoint=request.checkpoint,
+                                    weights_file=request.weights_file, num_classes=num_classes)
+    except KeyError as e:
+        raise RunError(str(e.args[0] if e.args else e)) from e
+    except (RuntimeError, NotImplementedError, OSError) as e:
+        raise RunError(f'cannot load weights for {name}: {e}\nuse --checkpoint / --weights-file for local weights, '
+                       'or --random-weights to check the pipeline without them') from e
+    if classes and model_num_classes(model) != len(classes):
+        raise RunError(f'{name} scores {model_num_classes(model)} classes, but {request.benchmark} has '
+                       f'{len(classes)}: evaluate a checkpoint fine-tuned on it (--checkpoint), or --random-weights')
+    return name, model, weights, []
+
+
+def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.Module, List[str]]:
+    """Phase 1: the frozen configuration (and the model it names, loaded once)."""
+    try:
+        check_request(request)
+        benchmark = get_benchmark(request.benchmark)
+        benchmark.split(request.split)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    if request.out:
+        fail_together(ctx, probe_writable(request.out))
+    classes = _benchmark_classes(request, benchmark)
+    torch.manual_seed(request.seed)      # random weights are the same in every rank and every attempt
+    name, model, weights, notes = _choose_model(request, classes)
+    stamp = ctx.broadcast_from_main(datetime.datetime.now().strftime('%Y%m%d-%H%M%S'), 'agreeing on the run name')
+    try:
+        config = resolve_config(request, name, model, weights, classes, rank_device(ctx, request.device),
+                                ctx.local_world_size, stamp)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    if not request.out:
+        fail_together(ctx, probe_writable(config.out_dir))
+    return config, model, notes
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+def read_records(config: RunConfig, ctx: DistContext) -> Tuple[List[VideoRecord], str]:
+    """The benchmark's records (the demo set when no --data), labelled in the run's class list."""
+    request, labels = config.request, LabelMap(config.class_names)
+    if config.demo:
+        from .demo import build_demo_set
+        if not ctx.is_main:       # rank 0 builds the demo set first; the others then find it in the cache
+            ctx.barrier('building the demo set')
+        list_path, _ = build_demo_set(request.cache_dir)
+        if ctx.is_main:
+            ctx.barrier('building the demo set')
+        records = read_list_file(list_path, labels)
+        return records, f'embedded demo set {os.path.dirname(list_path)} ({len(records)} clips)'
+    benchmark = get_benchmark(request.benchmark)
+    try:
+        records, desc = benchmark.read(request.data, request.annotations, benchmark.split(request.split), labels)
+    except (OSError, ValueError) as e:    # DataNotFound is a ValueError
+        raise RunError(f'{e}') from e
+    if not records:
+        raise RunError(f'no video found: {desc} lists none (looked for {benchmark.title})')
+    return records, desc
+
+
+def manifest_of(config: RunConfig, model: torch.nn.Module, records: List[VideoRecord]) -> dict:
+    request = config.request
+    return build_manifest(
+        model_name=config.model_name, weights=config.weights, weights_sha256=weights_fingerprint(model),
+        seed=request.seed, spec=config.spec, aggregation=request.aggregate, fps=config.fps, records=records,
+        num_classes=config.num_classes, precision=config.precision, fast_path=config.fast_path,
+        info={'created': config.stamp, 'torch': torch.__version__, 'benchmark': request.benchmark,
+              'data': request.data, 'annotations': request.annotations, 'split': request.split,
+              'max_videos': request.max_videos, 'compile': config.compile})
+
+
+def open_run_dir(config: RunConfig, model: torch.nn.Module, records: List[VideoRecord], ctx: DistContext) -> None:
+    """The same configuration as the folder's manifest, or refuse (rank 0 decides, every rank obeys)."""
+    verdict = None
+    if ctx.is_main:
+        manifest = manifest_of(config, model, records)
+        verdict = check_run_dir(config.out_dir, manifest)
+        if verdict is None and not os.path.isfile(os.path.join(config.out_dir, 'manifest.json')):
+            write_manifest(config.out_dir, manifest)
+    verdict = ctx.broadcast_from_main(verdict, 'checking the run directory')
+    if verdict:
+        raise RunError(verdict if ctx.is_main else '')
+
+
+def prepare(config: RunConfig, model: torch.nn.Module, ctx: DistContext) -> Prepared:
+    """Phase 2: records, run folder, and which videos this attempt (and this rank) scores."""
+    records, desc = read_records(config, ctx)
+    annotated = len(records)
+    if config.request.max_videos is not None:
+        records = records[:config.request.max_videos]
+    open_run_dir(config, model, records, ctx)
+    store = ScoreStore(config.out_dir)
+    plan = plan_work(ctx, store, records, config.request.retry_failed)
+    fail_together(ctx, check_free_space(config.out_dir, len(plan.todo) if ctx.is_main else len(plan.mine),
+                                        config.num_classes))
+    return Prepared(records, annotated, desc, store, plan)
+
+
+# ------------------------------------------------------------------------------------------- score
+
+def flop_summary(config: RunConfig, model: torch.nn.Module) -> dict:
+    spec = config.spec
+    report = count_flops(model, spec.num_frames, spec.crop_size, model_name=config.model_name,
+                         views=(spec.spatial_crops, spec.temporal_clips), fully_conv=config.fully_conv)
+    return {'table': report.table(), 'params': report.params, 'flops_per_view': report.flops_per_view,
+            'flops_per_video': report.flops_per_video, 'views': report.views,
+            'view_shape': [3, spec.num_frames, spec.crop_size, spec.crop_size], 'counter': 'fvcore (1 MAC = 1 flop)'}
+
+
+def score(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: DistContext) -> ShardReport:
+    """Phase 3: this rank's share of the videos, each appended to the store as it finishes."""
+    return score_shard(ctx, prepared.store, prepared.plan, model, prepared.records, config,
+                       progress=ctx.is_main and not config.request.no_progress,
+                       progress_desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)
+
+
+def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
+    """Phase 4, the only place ranks meet: rank 0 gets every stored video and every rank's report."""
+    return collect_on_main(ctx, prepared.store, prepared.plan.keys, report)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+def exit_verdict(counts: Dict[str, int], max_failed: float) -> Tuple[int, str]:
+    """(exit status, why): missing videos are counted apart; decode failures may be up to ``max_failed``."""
+    attempted = counts['scored'] + counts['decode_failed']
+    if counts['scored'] == 0 and attempted == 0:
+        return 1, (f'no video was scored: none of the {counts["annotated"]} listed videos was found '
+                   '(see failures.csv for where each was looked for)')
+    if counts['scored'] == 0:
+        return 1, f'no video was scored: all {attempted} videos found failed to decode (see failures.csv)'
+    fraction = counts['decode_failed'] / attempted
+    if fraction > max_failed:
+        return 1, (f'{counts["decode_failed"]} of {attempted} videos found failed to decode ({100 * fraction:.1f}%), '
+                   f'more than --max-failed {max_failed:g} allows (see failures.csv)')
+    return 0, ''
+
+
+def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, reports: List[ShardReport],
+                  torn: int, stored: dict, flops: Optional[dict], world_size: int) -> dict:
+    request, spec, plan = config.request, config.spec, prepared.plan
+    counts = dict(result.counts(), annotated_total=prepared.annotated)
+    wall = max(r.seconds for r in reports)
+    done_now = sum(r.scored + r.failed for r in reports)
+    code, why = exit_verdict(counts, request.max_failed)
+    return json_safe({
+        'model': config.model_name, 'weights': config.weights, 'demo': config.demo, 'benchmark': request.benchmark,
+        'views': {'spec': spec.name, 'num_views': spec.num_views, 'frames': spec.num_frames,
+                  'sampling_rate': spec.sampling_rate, 'scale': spec.scale, 'crop': spec.crop_size,
+                  'fully_conv_head': config.fully_conv, 'aggregation': request.aggregate, 'fps': config.fps,
+                  'protocol': protocol_text(spec, config.fully_conv, request.aggregate)},
+        'data': {'description': prepared.dataset_desc, 'argument': request.data, 'annotations': request.annotations,
+                 'split': request.split, 'max_videos': request.max_videos},
+        'counts': counts,
+        'metrics': result.meter.metrics(),
+        'metrics_note': 'fractions over the scored, labelled videos',
+        'metrics_over_annotated': metrics_over_annotated(result),
+        'metrics_over_annotated_note': 'Caffe2 accounting: every annotated video counts, unscored ones as wrong',
+        'flops': {k: v for k, v in flops.items() if k != 'table'} if flops else None,
+        'device': config.device, 'precision': config.precision, 'fast_path': config.fast_path,
+        'compile': config.compile,
+        'run': {'world_size': world_size, 'videos_from_earlier_runs': len(plan.done) - plan.retried_failed,
+                'scored_this_run': sum(r.scored for r in reports), 'failed_this_run': sum(r.failed for r in reports),
+                'retried_failed': plan.retried_failed, 'torn_bytes_ignored': torn,
+                'stored': describe_store_counts(stored), 'ranks': [vars(r) for r in reports]},
+        'seconds': round(wall, 2),
+        'videos_per_second': round(done_now / wall, 3) if wall else None,
+        'exit': {'status': code, 'reason': why or 'ok', 'max_failed': request.max_failed},
+        'command': request.command, 'created': config.stamp, 'torch': torch.__version__,
+    })
+
+
+def finish(config: RunConfig, prepared: Prepared, gathered, flops: Optional[dict], ctx: DistContext,
+           console: Console, started: float) -> int:
+    """Phases 5 and 6 on rank 0: the result rebuilt from the store, the files, the console summary."""
+    stored, reports, torn = gathered
+    result = result_from_store(prepared.records, prepared.plan.keys, stored, config)
+    summary = build_summary(config, prepared, result, reports, torn, stored, flops, ctx.world_size)
+    paths = write_run(config.out_dir, result, config.class_names, summary)
+    print_outcome(console, config, prepared, result, summary, paths, started)
+    code, why = summary['exit']['status'], summary['exit']['reason']
+    if code:
+        console.error(f'{why}; exit status {code}')
+    return code
+
+
+# ------------------------------------------------------------------------------------------- run
+
+def fail_together(ctx: DistContext, error: Optional[str]) -> None:
+    """Every rank stops when any rank found a problem (rank 0 says which), so no rank starts work alone."""
+    errors = [(rank, e) for rank, e in enumerate(ctx.all_gather(error, 'pre-flight checks')) if e]
+    if errors:
+        lines = [e if not ctx.distributed else f'rank {rank}: {e}' for rank, e in errors]
+        raise RunError('\nerror: '.join(lines) if ctx.is_main else '')
+
+
+def run_phases(request: RunRequest, ctx: DistContext) -> int:
+    started = time.time()
+    console = Console(ctx.is_main)
+    config, model, notes = resolve(request, ctx)
+    prepared = prepare(config, model, ctx)
+    print_header(console, config, prepared, notes, ctx)
+    flops = flop_summary(config, model) if not request.no_flops and ctx.is_main else None
+    console.section(flops['table'] if flops else None)
+    report = score(config, model, prepared, ctx)
+    gathered = gather(ctx, prepared, report)
+    if not ctx.is_main:
+        return 0
+    return finish(config, prepared, gathered, flops, ctx, console, started)
+
+
+def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
+    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+    own = ctx is None
+    if own:
+        use_cuda = None if request.device is None else request.device.startswith('cuda')
+        ctx = init_distributed(request.dist_timeout, use_cuda=use_cuda)
+    console = Console(ctx.is_main)
+    try:
+        with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
+            return run_phases(request, ctx)
+    except RunError as e:
+        if str(e):
+            console.error(str(e))
+        return e.code
+    except RankFailure as e:
+        console.error(str(e), every_rank=True)
+        return 3
+    finally:
+        if own:
+            ctx.close()

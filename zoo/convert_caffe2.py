@@ -1,0 +1,32 @@
+"""Command line: convert a Caffe2 video-nonlocal-net checkpoint for a registered model, strictly.
+
+    python -m zoo.convert_caffe2 i3d_baseline_32x2_IN_pretrain_400k.pkl i3d_r50.pth [--model i3d_r50]
+    python -m zoo.convert_caffe2 --download i3d_r50
+    python -m zoo.convert_caffe2 --sha256 FILE
+
+The conversion and the command line's body are converters.caffe2's; this module hands it the registry's
+Caffe2 entries (converters never import the zoo).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from converters import caffe2
+
+from ._registry import get_pretrained_cfg
+from .video_nonlocal_net import caffe2_model_names, caffe2_target_state_dict
+
+
+def catalog() -> caffe2.ModelCatalog:
+    """The registered models whose weights are Caffe2 pickles, as the converter's command line needs them."""
+    return caffe2.ModelCatalog(names=caffe2_model_names(), target_state_dict=caffe2_target_state_dict,
+                               pretrained_cfg=get_pretrained_cfg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return caffe2.main(argv, catalog())
+
+
+if __name__ == '__main__':
+    sys.exit(main())
