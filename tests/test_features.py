@@ -122,7 +122,8 @@ def test_a_stage_layer_is_the_global_mean_of_that_stage(real_clips):
     resized = np.stack([np.asarray(Image.fromarray(f).resize((128, 96), Image.LANCZOS)) for f in frames])
     x = torch.from_numpy(minus1_1(resized[:, 0:96, 16:112])).permute(3, 0, 1, 2)[None]
     with torch.no_grad():
-        stage = model.layer2(model.pool2(model.layer1(model.forward_stem(x))))     # Caffe2 pool2 after res2
+        stem = model.maxpool(model.act1(model.bn1(model.conv1(x))))
+        stage = model.layer2(model.pool2(model.layer1(stem)))                          # Caffe2 pool2 after res2
     assert relative_error(feats[1], stage.mean(dim=(2, 3, 4))[0].numpy()) < 1e-5
 
 
