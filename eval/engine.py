@@ -226,18 +226,27 @@ def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
 
 # ------------------------------------------------------------------------------------------- outputs
 
-def exit_verdict(counts: Dict[str, int], max_failed: float) -> Tuple[int, str]:
-    """(exit status, why): missing videos are counted apart; decode failures may be up to ``max_failed``."""
+def exit_verdict(counts: Dict[str, int], max_failed: float, done: str = 'scored',
+                 record: str = 'failures.csv') -> Tuple[int, str]:
+    """(exit status, why) of a run over listed videos, for every job the engine runs (scoring, features).
+
+    ``counts``: 'scored' (videos with a result, this run or an earlier one), 'decode_failed', 'annotated'
+    (listed) and optionally 'refused' (found and readable but not usable, e.g. too short). Missing and refused
+    videos are counted apart; decode failures may be up to ``max_failed`` of the videos found and tried.
+    ``done`` is the verb of the job's result, ``record`` the file that lists each failure.
+    """
     attempted = counts['scored'] + counts['decode_failed']
     if counts['scored'] == 0 and attempted == 0:
-        return 1, (f'no video was scored: none of the {counts["annotated"]} listed videos was found '
-                   '(see failures.csv for where each was looked for)')
+        if counts.get('refused'):
+            return 1, f'no video was {done}: the {counts["refused"]} videos found were all refused (see {record})'
+        return 1, (f'no video was {done}: none of the {counts["annotated"]} listed videos was found '
+                   f'(see {record} for where each was looked for)')
     if counts['scored'] == 0:
-        return 1, f'no video was scored: all {attempted} videos found failed to decode (see failures.csv)'
+        return 1, f'no video was {done}: all {attempted} videos found failed to decode (see {record})'
     fraction = counts['decode_failed'] / attempted
     if fraction > max_failed:
         return 1, (f'{counts["decode_failed"]} of {attempted} videos found failed to decode ({100 * fraction:.1f}%), '
-                   f'more than --max-failed {max_failed:g} allows (see failures.csv)')
+                   f'more than --max-failed {max_failed:g} allows (see {record})')
     return 0, ''
 
 

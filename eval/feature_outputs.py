@@ -6,7 +6,6 @@ settings) is this run's and its recorded sha256 is the array file's: only then i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -16,6 +15,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from converters.files import atomic_write, sha256_file
+
 from .feature_presets import FeatureSettings
 from .feature_stream import VideoFeatures
 from .snippets import snippet_seconds
@@ -23,31 +24,8 @@ from .snippets import snippet_seconds
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
 INDEX = 'index.json'
+FAILED = 'failed'            # <out>/failed/<stem>.json: a video that could not be extracted, and why
 ARRAY_FORMATS = ('npy', 'npz')
-
-
-# TODO(files): use converters.files.atomic_write
-@contextlib.contextmanager
-def _atomic_write(path: str, mode: str = 'wb'):
-    """Write ``path`` through a temporary file in its folder, fsynced and renamed into place on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
-    try:
-        with open(tmp, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def to_json(value, indent: int = 0) -> str:
@@ -62,20 +40,12 @@ def to_json(value, indent: int = 0) -> str:
 
 
 def write_json(path: str, value) -> None:
-    with _atomic_write(path, 'w') as f:
+    with atomic_write(path, 'w', encoding='utf-8') as f:
         f.write(to_json(value) + '\n')
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def array_bytes(array: np.ndarray, fmt: str) -> bytes:
@@ -206,10 +176,11 @@ def write_video_outputs(out_dir: str, video: VideoFeatures, settings: FeatureSet
     array = arrange(video.features, settings)
     data = array_bytes(array, fmt)
     array_name, sidecar_name = output_names(video.job.stem, fmt)
-    with _atomic_write(os.path.join(out_dir, array_name)) as f:
+    with atomic_write(os.path.join(out_dir, array_name)) as f:
         f.write(data)
     sidecar = build_sidecar(video, array, array_name, sha256_bytes(data), settings, run_identity, model_info)
     write_json(os.path.join(out_dir, sidecar_name), sidecar)
+    clear_failure(out_dir, video.job.stem)            # an earlier run's failure, tried again and now done
     return sidecar
 
 
@@ -239,3 +210,37 @@ def index_entry(job, status: str, sidecar: Optional[dict] = None, reason: str = 
     if reason:
         entry['reason'] = reason
     return entry
+
+
+# ----------------------------------------------------------------------------------- failed videos
+
+def failure_path(out_dir: str, stem: str) -> str:
+    return os.path.join(out_dir, FAILED, f'{stem}.json')
+
+
+def record_failure(out_dir: str, job, kind: str, reason: str, run_identity_sha256: str) -> dict:
+    """A video that could not be extracted ('decode': unreadable, 'short': refused by the tail rule), kept
+    durably as it happens so that a resumed run knows it (and leaves it alone unless --retry-failed)."""
+    os.makedirs(os.path.join(out_dir, FAILED), exist_ok=True)
+    record = {'id': job.video_id, 'path': job.path, 'kind': kind, 'reason': reason,
+              'identity_sha256': run_identity_sha256}
+    write_json(failure_path(out_dir, job.stem), record)
+    return record
+
+
+def recorded_failure(out_dir: str, stem: str, run_identity_sha256: str) -> Optional[dict]:
+    """The failure an earlier run of this identity recorded for ``stem``, or None."""
+    try:
+        with open(failure_path(out_dir, stem), encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if record.get('identity_sha256') == run_identity_sha256 else None
+
+
+def clear_failure(out_dir: str, stem: str) -> None:
+    """Forget a recorded failure (the video has features now)."""
+    try:
+        os.remove(failure_path(out_dir, stem))
+    except FileNotFoundError:
+        pass

@@ -303,16 +303,18 @@ class PooledFeatures(torch.nn.Module):
         return box[0].float().mean(dim=tuple(range(2, box[0].dim())))
 
 
-def prepare_feature_model(model: torch.nn.Module, layer: str, device: torch.device, fast_path: bool = True):
+def prepare_feature_model(model: torch.nn.Module, layer: str, device: torch.device, fast_path: bool = True,
+                          compile: bool = False):
     """The callable that turns a snippet batch into features: the zoo inference fast path (BatchNorm folded,
-    channels_last_3d, fp32, inference mode) around PooledFeatures, or the eager model."""
+    channels_last_3d, fp32, inference mode; ``compile``: torch.compile with frozen weights) around
+    PooledFeatures, or the eager model."""
     module_name = resolve_layer(model, layer)
     wrapped = PooledFeatures(model, module_name)
     wrapped.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
     if not fast_path:
         return wrapped.to(device).eval()
     from zoo.inference import prepare_for_inference
-    return prepare_for_inference(wrapped, device=device)
+    return prepare_for_inference(wrapped, device=device, compile=compile)
 
 
 @dataclass

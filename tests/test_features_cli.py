@@ -2,6 +2,7 @@
 refusals. Runs the tiny registered feature model (tests/feature_test_models.py) so each run costs seconds."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -156,8 +157,9 @@ def test_failures_are_recorded_and_the_exit_status_follows_max_failed(data, tmp_
     listing.write_text('\n'.join(str(root / n) for n in ('c16.mp4', 'broken.mp4', 'short.mp4', 'gone.mp4')) + '\n')
 
     code, _, err = in_process(feature_args(str(listing), str(tmp_path / 'out')), capsys)
-    assert code == 1                                                       # 1 of 3 present failed > 1%
-    assert err.strip().splitlines()[-1].startswith('exit 1: 1 of 3 videos failed to decode')
+    assert code == 1                       # 1 of the 2 decodable-or-not videos failed > 1% (refused, missing apart)
+    assert err.strip().splitlines()[-1] == ('error: 1 of 2 videos found failed to decode (50.0%), more than '
+                                            '--max-failed 0.01 allows (see index.json); exit status 1')
     statuses = {v['id']: (v['status'], v.get('reason', '')) for v in index(str(tmp_path / 'out'))['videos']}
     assert statuses['c16'][0] == 'extracted' and statuses['gone'][0] == 'missing'
     assert statuses['broken'][0] == 'failed' and 'failed 2 times' in statuses['broken'][1]     # retried once
@@ -168,12 +170,36 @@ def test_failures_are_recorded_and_the_exit_status_follows_max_failed(data, tmp_
     assert code == 0 and 'done     1 of 4 videos' in out
 
 
+def test_a_resumed_run_keeps_recorded_failures_unless_retry_failed(data, tmp_path, capsys):
+    root = tmp_path / 'mixed'
+    root.mkdir()
+    os.symlink(os.path.join(data, 'c16.mp4'), root / 'c16.mp4')
+    (root / 'broken.mp4').write_bytes(b'\x00' * 4096)
+    out = str(tmp_path / 'out')
+    assert in_process(feature_args(str(root), out, '--max-failed', '1'), capsys)[0] == 0
+    record = json.load(open(os.path.join(out, 'failed', 'broken.json')))      # written when it failed
+    assert record['kind'] == 'decode' and 'failed 2 times' in record['reason']
+
+    code, stdout, _ = in_process(feature_args(str(root), out, '--max-failed', '1'), capsys)
+    assert code == 0 and '1 failed earlier and kept failed' in stdout and '0 to do' in stdout
+    statuses = {v['id']: (v['status'], v.get('reason', '')) for v in index(out)['videos']}
+    assert statuses['broken'][0] == 'failed' and 'recorded by an earlier run' in statuses['broken'][1]
+
+    shutil.copy(os.path.join(data, 'c33.mp4'), root / 'broken.mp4')         # the file was repaired
+    code, stdout, _ = in_process(feature_args(str(root), out, '--max-failed', '1', '--retry-failed'), capsys)
+    assert code == 0 and '1 failed earlier and tried again' in stdout and '1 to do' in stdout
+    assert index(out)['counts']['extracted_this_run'] == 1 and index(out)['counts']['failed'] == 0
+    assert np.load(os.path.join(out, 'broken.npy')).shape[0] == (33 - 16) // 16 + 1      # tail drop: 2 snippets
+    assert not os.path.exists(os.path.join(out, 'failed', 'broken.json'))   # the record goes with the failure
+
+
 def test_nothing_extracted_exits_non_zero_saying_so(tmp_path, capsys):
     root = tmp_path / 'videos'
     root.mkdir()
     (root / 'broken.mp4').write_bytes(b'\x00' * 4096)
     code, _, err = in_process(feature_args(str(root), str(tmp_path / 'out'), '--max-failed', '1'), capsys)
-    assert code == 1 and err.strip().splitlines()[-1].startswith('exit 1: nothing was extracted')
+    assert code == 1 and err.strip().splitlines()[-1] == ('error: no video was extracted: all 1 videos found failed '
+                                                          'to decode (see index.json); exit status 1')
 
 
 def test_unwritable_out_is_refused_before_the_model_is_loaded(data, tmp_path, capsys):
