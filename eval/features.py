@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .cli import add_execution_flags, add_model_flags
-from .config import default_batch_size, default_workers
+from .config import clip_size_problem, default_batch_size, default_workers
 from .console import RULE, Console
 from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from .distributed import DistContext, RankFailure, init_distributed, rank_device, shard
@@ -246,6 +246,9 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
         mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     except (UnknownLayerError, ValueError) as e:
         raise RunError(str(e)) from e
+    problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
+    if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
+        raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
     identity = run_identity(model_info, settings, args.format, not args.no_fast_path, args.compile)
     return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, mean, std)
 

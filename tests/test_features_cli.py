@@ -224,3 +224,9 @@ def test_npz_format_and_a_layer_flag(data, tmp_path, capsys):
     with np.load(os.path.join(out, 'c40.npz')) as f:
         assert f['features'].shape == (4, 16)                   # floor((40 - 16) / 8) + 1 snippets, 16 channels
     assert json.load(open(os.path.join(out, 'c40.json')))['layer']['module'] == 'layer1'
+
+
+def test_snippets_too_short_for_the_model_are_refused_naming_its_minimum(data, tmp_path, capsys):
+    code, _, err = in_process(['--model', 'i3d_r50', '--random-weights', '--data', data, '--out', str(tmp_path / 'o'),
+                               '--snippet', '4', '--stride', '4', '--threads', '1', '--no-progress'], capsys)
+    assert code == 2 and '--snippet 4 / --crop-size 224: i3d_r50 needs clips of at least 7 frames' in err
