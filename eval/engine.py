@@ -16,7 +16,7 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -323,16 +323,18 @@ def run_phases(request: RunRequest, ctx: DistContext) -> int:
     return finish(config, prepared, gathered, flops, ctx, console, started)
 
 
-def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
-    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], dist_timeout: float,
+            ctx: Optional[DistContext] = None) -> int:
+    """Run ``body(ctx, console)`` on every rank under the engine's exit statuses: its return value, a RunError's
+    code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
+    the engine (scoring, feature extraction) runs through here."""
     own = ctx is None
     if own:
-        use_cuda = None if request.device is None else request.device.startswith('cuda')
-        ctx = init_distributed(request.dist_timeout, use_cuda=use_cuda)
+        use_cuda = None if device is None else device.startswith('cuda')
+        ctx = init_distributed(dist_timeout, use_cuda=use_cuda)
     console = Console(ctx.is_main)
     try:
-        with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
-            return run_phases(request, ctx)
+        return body(ctx, console)
     except RunError as e:
         if str(e):
             console.error(str(e))
@@ -343,3 +345,11 @@ def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
     finally:
         if own:
             ctx.close()
+
+
+def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
+    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+    def body(ctx: DistContext, console: Console) -> int:
+        with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
+            return run_phases(request, ctx)
+    return run_job(body, request.device, request.dist_timeout, ctx)

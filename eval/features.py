@@ -30,8 +30,8 @@ from .cli import add_execution_flags, add_model_flags
 from .config import clip_size_problem, default_batch_size, default_workers
 from .console import RULE, Console
 from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
-from .distributed import DistContext, RankFailure, init_distributed, rank_device, shard
-from .engine import RunError, exit_verdict, fail_together, load_model
+from .distributed import DistContext, rank_device, shard
+from .engine import RunError, exit_verdict, fail_together, load_model, run_job
 from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, INDEX, MANIFEST, array_bytes, arrange,
                               build_sidecar, finished_sidecar, identity_sha256, index_entry, record_failure,
                               recorded_failure, sha256_bytes, write_json, write_video_outputs)
@@ -191,20 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command = ' '.join(['python -m eval.features'] + argv)
-    use_cuda = None if args.device is None else args.device.startswith('cuda')
-    ctx = init_distributed(args.dist_timeout, use_cuda=use_cuda)
-    console = Console(ctx.is_main)
-    try:
-        return _run(args, ctx, console)
-    except RunError as e:
-        if str(e):
-            console.error(str(e))
-        return e.code
-    except RankFailure as e:
-        console.error(str(e), every_rank=True)
-        return 3
-    finally:
-        ctx.close()
+    return run_job(lambda ctx, console: _run(args, ctx, console), args.device, args.dist_timeout)
 
 
 @dataclass

@@ -14,9 +14,12 @@ import sys
 import torch
 from torch import nn
 
-import zoo
-from zoo._builder import build_model_with_cfg
-from zoo._registry import register_model
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # run as -m tests.feature_test_models too
+import eval_test_models  # noqa: E402
+import zoo  # noqa: E402
+from eval_test_models import REPO_ROOT, cli_env  # noqa: E402,F401  (REPO_ROOT: the tests import it from here)
+from zoo._builder import build_model_with_cfg  # noqa: E402
+from zoo._registry import register_model  # noqa: E402
 
 _CFG = zoo.VideoPretrainedCfg(
     num_frames=16, sampling_rate=1, mean=(127.5,) * 3, std=(127.5,) * 3, crop_size=32, test_scale=40,
@@ -77,7 +80,6 @@ def slow_tiny_feature_net(pretrained=False, **kwargs):
                                 **kwargs)
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--resize', '48x40', '--crop-size', '32']      # frames 48x40 (W x H), crops of 32: cheap
 
 
@@ -87,20 +89,15 @@ def feature_args(data: str, out: str, *extra: str, model: str = 'tiny_feature_ne
 
 
 def feature_env(seconds_per_batch: float = 0.0) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
-                                                             'MASTER_PORT', 'LOCAL_WORLD_SIZE')}
-    env['FEATURE_TEST_SECONDS_PER_BATCH'] = str(seconds_per_batch)
-    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    return env
+    return cli_env(seconds_per_batch, delay_variable='FEATURE_TEST_SECONDS_PER_BATCH')
 
 
 def python_command(args: list) -> list:
-    return [sys.executable, '-m', 'tests.feature_test_models', *args]
+    return eval_test_models.python_command(args, module='tests.feature_test_models')
 
 
 def torchrun_command(nproc: int, args: list) -> list:
-    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
-    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', 'tests.feature_test_models', *args]
+    return eval_test_models.torchrun_command(nproc, args, module='tests.feature_test_models')
 
 
 if __name__ == '__main__':
