@@ -83,7 +83,8 @@ def verify_file(path: PathLike, sha256: Optional[str] = None, size: Optional[int
 # ------------------------------------------------------------------------------------------- atomic writes
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator:
+def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None,
+                 newline: Optional[str] = None) -> Iterator:
     """Open a temporary file beside ``path`` for writing; on success it is flushed, fsynced and renamed onto
     ``path`` (and the folder entry fsynced), so readers see the old file or the whole new one, never a part
     of it. On an exception the temporary file is removed and ``path`` is left as it was.
@@ -97,7 +98,7 @@ def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = Non
         # mkstemp makes the file private (0600); give it the permissions open() would have, so a cache shared
         # between users stays readable
         os.chmod(tmp, 0o666 & ~_current_umask())
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

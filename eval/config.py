@@ -141,6 +141,16 @@ def view_spec(cfg, views: Optional[Tuple[int, int]] = None, frames: Optional[int
     return ViewSpec.from_cfg(cfg, tuple(views or cfg.test_views), frames=frames, rate=rate, scale=scale, crop=crop)
 
 
+def clip_size_problem(model_name: str, cfg, frames: int, crop: int) -> Optional[str]:
+    """Why clips of ``frames`` x ``crop`` x ``crop`` are too small for the model (its config's minimum input,
+    from its pooling), or None."""
+    min_frames, min_crop = getattr(cfg, 'min_frames', 1), getattr(cfg, 'min_crop_size', 1)
+    if frames >= min_frames and crop >= min_crop:
+        return None
+    return (f'{model_name} needs clips of at least {min_frames} frames and {min_crop}x{min_crop} pixels (its '
+            f'temporal and spatial pooling), this run gives {frames} frames of {crop}x{crop}')
+
+
 def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == 'cuda' else 2      # on CPU a bigger batch only costs memory
 
@@ -173,6 +183,9 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
     cfg = model.pretrained_cfg
     spec = view_spec(cfg, parse_views(request.views) if request.views else None, request.frames,
                      request.rate, request.scale, request.crop)
+    problem = clip_size_problem(model_name, cfg, spec.num_frames, spec.crop_size)
+    if problem:
+        raise ValueError(f'--frames {spec.num_frames} / --crop {spec.crop_size}: {problem}')
     return RunConfig(
         request=request, model_name=model_name, weights=weights, spec=spec,
         fully_conv=fully_conv_head(cfg, spec.crop_size),

@@ -226,11 +226,12 @@ def _is_frame_folder(path: str) -> bool:
     return False
 
 
-def _video_entries(folder: str) -> List[os.DirEntry]:
-    """Video files and frame folders directly in ``folder``, sorted by name."""
+def _video_entries(folder: str, with_folders: bool = False) -> List[os.DirEntry]:
+    """Video files and frame folders directly in ``folder``, sorted by name (``with_folders``: every other
+    sub-folder too)."""
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir() and _is_frame_folder(entry.path):
+        if entry.is_dir() and (with_folders or _is_frame_folder(entry.path)):
             found.append(entry)
         elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
             found.append(entry)
@@ -268,9 +269,23 @@ def read_class_folders(root: str, labels: LabelMap) -> List[VideoRecord]:
     return records
 
 
-def read_unlabelled_folder(root: str) -> List[VideoRecord]:
-    """Video files and frame folders directly under ``root``: scored, not labelled."""
-    return [_entry_record(e) for e in _video_entries(root)]
+def read_unlabelled_folder(root: str, recursive: bool = False) -> List[VideoRecord]:
+    """Video files and frame folders under ``root``: scored, not labelled.
+
+    ``recursive``: also in its sub-folders (a folder that is not a frame folder is searched; a frame folder
+    is one video); a video's id is then its path relative to ``root`` without the extension
+    (``Abuse/Abuse001_x264``), in that order.
+    """
+    if not recursive:
+        return [_entry_record(e) for e in _video_entries(root)]
+    records = []
+    for entry in _video_entries(root, with_folders=True):
+        if entry.is_dir() and not _is_frame_folder(entry.path):
+            for r in read_unlabelled_folder(entry.path, recursive=True):
+                records.append(VideoRecord(f'{entry.name}/{r.video_id}', r.path, r.label, r.label_name))
+        else:
+            records.append(_entry_record(entry))
+    return records
 
 
 ANNOTATION_FOLDERS = ('', 'annotations')

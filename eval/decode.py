@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -121,6 +121,11 @@ def resize_short_side(image: Image.Image, scale: int) -> np.ndarray:
     return _to_rgb_array(image, *scaled_size(image.height, image.width, scale))
 
 
+def _target_size(height: int, width: int, scale: Optional[int]) -> Tuple[int, int]:
+    """(H, W) a frame of this size is resized to: short side to ``scale``, or its stored size for None."""
+    return (height, width) if scale is None else scaled_size(height, width, scale)
+
+
 def draft_reduction(height: int, width: int, target_height: int, target_width: int) -> int:
     """1, 2, 4 or 8: the largest power-of-2 JPEG reduction that keeps the frame at least the target size.
 
@@ -144,7 +149,7 @@ def _decode_jpeg_simplejpeg(sj, data: bytes, scale: int, draft: bool,
     height, width, colorspace, _ = sj.decode_jpeg_header(data)
     if colorspace not in ('YCbCr', 'Gray'):
         return None  # CMYK/YCCK: PIL's own colour conversion is the reference
-    h, w = scaled_size(height, width, scale)
+    h, w = _target_size(height, width, scale)
     if (h, w) == (height, width):
         # Frames stored at the test scale (Kinetics at height 256): decode straight into the output.
         buffer = slot if slot is not None and slot.shape == (h, w, 3) else None
@@ -162,7 +167,7 @@ def _decode_jpeg_simplejpeg(sj, data: bytes, scale: int, draft: bool,
 def _decode_pil(file: str, scale: int, draft: bool) -> Tuple[Tuple[int, int], np.ndarray]:
     with Image.open(file) as image:
         size = (image.height, image.width)
-        h, w = scaled_size(*size, scale)
+        h, w = _target_size(*size, scale)
         if draft and image.format == 'JPEG' and image.mode == 'RGB' and (h, w) != size:
             image.draft('RGB', (w, h))
         image.load()  # PIL is lazy: force the decode here so a corrupt file fails here
@@ -202,7 +207,8 @@ class FrameFolder:
                 pass  # simplejpeg is stricter than PIL (warnings are errors): PIL decides
         return _decode_pil(file, scale, draft)
 
-    def read(self, indices: Sequence[int], scale: int) -> DecodedFrames:
+    def read(self, indices: Sequence[int], scale: Optional[int]) -> DecodedFrames:
+        """The frames at ``indices``, short side resized to ``scale`` (None: at their stored size)."""
         sj = _simplejpeg() if self.options.jpeg_decoder != 'pil' else None
         out: Optional[np.ndarray] = None
         size = None
@@ -287,7 +293,8 @@ class VideoFile:
             return frame.to_ndarray(format='rgb24', width=width, height=height, interpolation='BILINEAR')
         return _to_rgb_array(Image.fromarray(frame.to_ndarray(format='rgb24')), height, width)
 
-    def read(self, indices: Sequence[int], scale: int) -> DecodedFrames:
+    def read(self, indices: Sequence[int], scale: Optional[int]) -> DecodedFrames:
+        """The frames at ``indices``, short side resized to ``scale`` (None: at their stored size)."""
         import av
         wanted: Dict[int, List[int]] = {}
         for pos, n in enumerate(indices):
@@ -305,7 +312,7 @@ class VideoFile:
                         continue
                     if size is None:
                         size = (frame.height, frame.width)
-                        target = scaled_size(*size, scale)
+                        target = _target_size(*size, scale)
                         out = np.empty((len(indices),) + target + (3,), np.uint8)
                     elif (frame.height, frame.width) != size:
                         raise VideoDecodeError(f'frame {decoded - 1} is {(frame.height, frame.width)}, '
@@ -355,3 +362,60 @@ def load_views_frames(source: Source, sampler: ViewSampler) -> Tuple[ViewPlan, n
             return plan, got.frames
         num = got.num_decoded  # the container's frame count was wrong: sample the frames that exist
     raise VideoDecodeError(f'frame count changes between decodes ({num} then {got.num_decoded})')
+
+
+# ------------------------------------------------------------------------ streaming and exact-size resize
+
+RESAMPLING = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
+              'lanczos': Image.LANCZOS}
+
+
+def resize_exact(pixels: np.ndarray, height: int, width: int, resample: str = 'lanczos') -> np.ndarray:
+    """RGB uint8 (height, width, 3) of an (H, W, 3) frame resized to exactly that size, aspect ignored.
+
+    PIL's filter of that name (``'lanczos'`` is PIL's ANTIALIAS, what the public I3D feature extractors use
+    for their 340x256 frames); a frame already of that size is returned as it is.
+    """
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((width, height), RESAMPLING[resample]))
+
+
+def iter_frames(source: Source, scale: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
+    """(index, RGB uint8 frame) for every frame of ``source`` in order, each decoded once.
+
+    For streaming over long videos: memory holds one frame, not the video. Frames are numbered as in
+    ``source.read`` (a video file resampled to ``source.fps`` yields source frame floor(n * source_fps /
+    fps) as frame n), and resized as ``read`` resizes them (``scale`` None: stored size). The number of
+    frames yielded is the true count, which may differ from ``source.num_frames`` (a container estimate).
+    """
+    if isinstance(source, FrameFolder):
+        for i in range(source.num_frames):
+            yield i, source.read([i], scale).frames[0]
+        return
+    import av
+    step = source._resampling()
+    n, decoded, size, target = 0, 0, None, None
+    try:
+        with av.open(source.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = source.options.video_threads.upper()
+            for decoded, frame in enumerate(container.decode(stream), start=1):
+                i = decoded - 1
+                if step is not None and int(n * step) != i:
+                    continue            # a dropped source frame: never converted
+                if size is None:
+                    size = (frame.height, frame.width)
+                    target = _target_size(*size, scale)
+                elif (frame.height, frame.width) != size:
+                    raise VideoDecodeError(f'frame {i} is {(frame.height, frame.width)}, earlier frames {size}')
+                pixels = source._convert(frame, *target)
+                while step is None or int(n * step) == i:
+                    yield n, pixels
+                    n += 1
+                    if step is None:
+                        break
+    except av.FFmpegError as e:
+        raise VideoDecodeError(f'decoding failed after {decoded} frames: {e}') from e
+    if decoded == 0:
+        raise VideoDecodeError('no frame could be decoded')

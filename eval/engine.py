@@ -16,7 +16,7 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -224,18 +224,27 @@ def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
 
 # ------------------------------------------------------------------------------------------- outputs
 
-def exit_verdict(counts: Dict[str, int], max_failed: float) -> Tuple[int, str]:
-    """(exit status, why): missing videos are counted apart; decode failures may be up to ``max_failed``."""
+def exit_verdict(counts: Dict[str, int], max_failed: float, done: str = 'scored',
+                 record: str = 'failures.csv') -> Tuple[int, str]:
+    """(exit status, why) of a run over listed videos, for every job the engine runs (scoring, features).
+
+    ``counts``: 'scored' (videos with a result, this run or an earlier one), 'decode_failed', 'annotated'
+    (listed) and optionally 'refused' (found and readable but not usable, e.g. too short). Missing and refused
+    videos are counted apart; decode failures may be up to ``max_failed`` of the videos found and tried.
+    ``done`` is the verb of the job's result, ``record`` the file that lists each failure.
+    """
     attempted = counts['scored'] + counts['decode_failed']
     if counts['scored'] == 0 and attempted == 0:
-        return 1, (f'no video was scored: none of the {counts["annotated"]} listed videos was found '
-                   '(see failures.csv for where each was looked for)')
+        if counts.get('refused'):
+            return 1, f'no video was {done}: the {counts["refused"]} videos found were all refused (see {record})'
+        return 1, (f'no video was {done}: none of the {counts["annotated"]} listed videos was found '
+                   f'(see {record} for where each was looked for)')
     if counts['scored'] == 0:
-        return 1, f'no video was scored: all {attempted} videos found failed to decode (see failures.csv)'
+        return 1, f'no video was {done}: all {attempted} videos found failed to decode (see {record})'
     fraction = counts['decode_failed'] / attempted
     if fraction > max_failed:
         return 1, (f'{counts["decode_failed"]} of {attempted} videos found failed to decode ({100 * fraction:.1f}%), '
-                   f'more than --max-failed {max_failed:g} allows (see failures.csv)')
+                   f'more than --max-failed {max_failed:g} allows (see {record})')
     return 0, ''
 
 
@@ -312,16 +321,18 @@ def run_phases(request: RunRequest, ctx: DistContext) -> int:
     return finish(config, prepared, gathered, flops, ctx, console, started)
 
 
-def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
-    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], dist_timeout: float,
+            ctx: Optional[DistContext] = None) -> int:
+    """Run ``body(ctx, console)`` on every rank under the engine's exit statuses: its return value, a RunError's
+    code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
+    the engine (scoring, feature extraction) runs through here."""
     own = ctx is None
     if own:
-        use_cuda = None if request.device is None else request.device.startswith('cuda')
-        ctx = init_distributed(request.dist_timeout, use_cuda=use_cuda)
+        use_cuda = None if device is None else device.startswith('cuda')
+        ctx = init_distributed(dist_timeout, use_cuda=use_cuda)
     console = Console(ctx.is_main)
     try:
-        with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
-            return run_phases(request, ctx)
+        return body(ctx, console)
     except RunError as e:
         if str(e):
             console.error(str(e))
@@ -332,3 +343,11 @@ def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
     finally:
         if own:
             ctx.close()
+
+
+def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
+    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+    def body(ctx: DistContext, console: Console) -> int:
+        with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
+            return run_phases(request, ctx)
+    return run_job(body, request.device, request.dist_timeout, ctx)

@@ -20,22 +20,25 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from converters.files import atomic_write
+
 from .meter import AGGREGATIONS, classification_metrics, label_ranks
 
 
 def write_scores(path: str, result, class_names: Sequence[str]) -> None:
     meter = result.meter
-    np.savez_compressed(
-        path,
-        video_ids=np.array([r.video_id for r in result.records]),
-        labels=np.array([r.label for r in result.records], dtype=np.int64),
-        scored=meter.complete,
-        probs=meter.video_scores('softmax').astype(np.float32),
-        outputs=meter.video_scores('logits').astype(np.float32),
-        class_names=np.array(list(class_names)),
-        aggregation=np.array(meter.aggregation),
-        views=np.array(result.spec.name),
-    )
+    with atomic_write(path) as f:
+        np.savez_compressed(
+            f,
+            video_ids=np.array([r.video_id for r in result.records]),
+            labels=np.array([r.label for r in result.records], dtype=np.int64),
+            scored=meter.complete,
+            probs=meter.video_scores('softmax').astype(np.float32),
+            outputs=meter.video_scores('logits').astype(np.float32),
+            class_names=np.array(list(class_names)),
+            aggregation=np.array(meter.aggregation),
+            views=np.array(result.spec.name),
+        )
 
 
 def top_classes(scores: np.ndarray, k: int = 5) -> np.ndarray:
@@ -48,7 +51,7 @@ def write_predictions(path: str, result, class_names: Sequence[str], k: int = 5)
     scores = result.meter.video_scores()
     scored = result.meter.complete
     best = top_classes(scores, k)
-    with open(path, 'w', newline='', encoding='utf-8') as f:
+    with atomic_write(path, 'w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         header = ['video_id', 'label', 'label_name', 'correct_top1', 'correct_top5']
         for i in range(1, best.shape[1] + 1):
@@ -66,7 +69,7 @@ def write_predictions(path: str, result, class_names: Sequence[str], k: int = 5)
 
 
 def write_failures(path: str, result) -> None:
-    with open(path, 'w', newline='', encoding='utf-8') as f:
+    with atomic_write(path, 'w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['video_id', 'path', 'label_name', 'reason'])
         for failure in result.failures:
@@ -91,14 +94,15 @@ def metrics_over_annotated(result) -> Dict[str, float]:
 
 
 def write_run(out_dir: str, result, class_names: Sequence[str], summary: dict) -> Dict[str, str]:
-    """All four files; returns their paths. ``summary`` is written as given plus counts and metrics."""
+    """All four files, each written atomically, summary.json last (a resumed run reads it as the mark of a
+    finished run); returns their paths. ``summary`` is written as given plus counts and metrics."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name) for name in
              ('scores.npz', 'predictions.csv', 'failures.csv', 'summary.json')}
     write_scores(paths['scores.npz'], result, class_names)
     write_predictions(paths['predictions.csv'], result, class_names)
     write_failures(paths['failures.csv'], result)
-    with open(paths['summary.json'], 'w', encoding='utf-8') as f:
+    with atomic_write(paths['summary.json'], 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2, default=_json_default)
         f.write('\n')
     return paths

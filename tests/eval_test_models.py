@@ -77,21 +77,24 @@ def cli_args(model: str, data: str, out: str, *extra: str) -> list:
             '--batch-size', '2', '--workers', '0', '--no-progress', *extra]
 
 
-def cli_env(seconds_per_batch: float = 0.0) -> dict:
+def cli_env(seconds_per_batch: float = 0.0, delay_variable: str = 'EVAL_TEST_SECONDS_PER_BATCH') -> dict:
+    """The environment of a child run: no torchrun variables of ours, the repo importable, and the slow test
+    models' delay per batch in ``delay_variable``."""
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
                                                              'MASTER_PORT', 'LOCAL_WORLD_SIZE')}
-    env['EVAL_TEST_SECONDS_PER_BATCH'] = str(seconds_per_batch)
+    env[delay_variable] = str(seconds_per_batch)
     env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
     return env
 
 
-def python_command(args: list) -> list:
-    return [sys.executable, '-m', 'tests.eval_test_models', *args]
+def python_command(args: list, module: str = 'tests.eval_test_models') -> list:
+    """``module`` run as a script: it registers its test models, then runs its front end with ``args``."""
+    return [sys.executable, '-m', module, *args]
 
 
-def torchrun_command(nproc: int, args: list) -> list:
+def torchrun_command(nproc: int, args: list, module: str = 'tests.eval_test_models') -> list:
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
-    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', 'tests.eval_test_models', *args]
+    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', module, *args]
 
 
 if __name__ == '__main__':

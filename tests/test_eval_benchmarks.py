@@ -139,6 +139,14 @@ def test_max_failed_outside_0_1_is_refused(broken_set, tmp_path, capsys):
     assert code == 2 and '--max-failed is a fraction' in err
 
 
+def test_clips_too_short_for_the_model_are_refused_before_any_work(broken_set, tmp_path, capsys):
+    # i3d_r50's temporal pools need 7 frames (its config's min_input_size); 4 used to crash in max_pool3d
+    code, _, err = run(['--model', 'i3d_r50', '--random-weights', '--no-flops', '--no-progress', '--views', '1x1',
+                        '--frames', '4', '--data', str(broken_set), '--out', str(tmp_path / 'run')], capsys)
+    assert code == 2 and ('--frames 4 / --crop 224: i3d_r50 needs clips of at least 7 frames and 5x5 pixels' in err)
+    assert not os.path.exists(tmp_path / 'run' / 'manifest.json')
+
+
 # ------------------------------------------------------------------------------------ unlabelled folders
 
 def test_unlabelled_folder_gives_predictions_and_no_accuracy(tmp_path, capsys):

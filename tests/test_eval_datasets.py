@@ -150,3 +150,19 @@ def test_label_spellings_of_different_kinetics_files_map_to_one_class():
     assert LABELS.lookup('riding_a_bike')[0] == LABELS.lookup('"Riding a bike"')[0] == index
     with pytest.raises(KeyError):
         LABELS.lookup('juggling chainsaws on a unicycle')
+
+
+def test_unlabelled_folder_read_recursively_names_videos_by_relative_path(tmp_path):
+    from eval.datasets import read_unlabelled_folder
+    frames = synthetic_frames(4, 24, 32, seed=3)
+    write_video(str(tmp_path / 'Abuse' / 'Abuse001_x264.mp4'), frames)
+    write_video(str(tmp_path / 'Abuse' / 'deeper' / 'Abuse002_x264.mp4'), frames)
+    write_frame_folder(str(tmp_path / 'Normal' / 'Normal_001'), frames)     # a frame folder is one video
+    write_video(str(tmp_path / 'top.mp4'), frames)
+    (tmp_path / 'notes.txt').write_text('not a video')
+    (tmp_path / 'empty').mkdir()
+    records = read_unlabelled_folder(str(tmp_path), recursive=True)
+    assert [r.video_id for r in records] == ['Abuse/Abuse001_x264', 'Abuse/deeper/Abuse002_x264',
+                                             'Normal/Normal_001', 'top']
+    assert records[2].path == str(tmp_path / 'Normal' / 'Normal_001') and all(r.label == -1 for r in records)
+    assert [r.video_id for r in read_unlabelled_folder(str(tmp_path))] == ['top']       # flat: only the top level

@@ -1,0 +1,362 @@
+"""Videos -> batches of snippet frames -> pooled features: the decoding stream and the network side.
+
+The decoding side streams each video once, front to back (``eval.decode.iter_frames``), resizes each
+needed frame once, keeps a frame only until the last snippet that needs it is cut, and hands out chunks:
+the distinct frames of a few consecutive snippets and, per snippet, which of them it uses. Memory is a
+few snippets, not the video, so a three-hour UCF-Crime video costs what a ten-second one does.
+``FeatureStream`` runs that in DataLoader workers (each video in one worker; a failed decode is tried once
+more from the start). The network side (``snippet_batch``, ``PooledFeatures``) cuts every crop of every
+snippet of a chunk into one batch and runs one forward pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from .feature_presets import NORMS, PRE_LOGITS, FeatureSettings
+from .snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to extract: its position in the run, id, path and output stem."""
+    index: int
+    video_id: str
+    path: str
+    stem: str
+
+
+@dataclass
+class VideoMeta:
+    """What the decoder learnt about a video (sent with its last chunk)."""
+    num_frames: int
+    fps: Optional[float]
+    source_fps: Optional[float]
+    source_size: Tuple[int, int]
+    size: Tuple[int, int]
+    plan: SnippetPlan
+    crops: List[Crop]
+
+
+@dataclass
+class SnippetChunk:
+    """Snippets first_snippet .. first_snippet + len(rows) - 1 of a video: their distinct frames
+    (U, H, W, 3) uint8 and, per snippet, indices into them (ZERO_FRAME for a zero frame)."""
+    job: VideoJob
+    attempt: int
+    first_snippet: int
+    frames: torch.Tensor
+    rows: torch.Tensor
+    meta: Optional[VideoMeta] = None         # set on the last chunk of the video
+
+    @property
+    def last(self) -> bool:
+        return self.meta is not None
+
+
+@dataclass
+class VideoFailure:
+    job: VideoJob
+    reason: str
+    kind: str            # 'decode' (unreadable: counts against --max-failed) or 'short' (refused by the tail rule)
+
+
+class _Recount(Exception):
+    """The container's frame count was wrong; the video is streamed again with the true count."""
+
+    def __init__(self, num_frames: int):
+        super().__init__(num_frames)
+        self.num_frames = num_frames
+
+
+def _fps(value) -> Optional[float]:
+    return float(value) if value else None
+
+
+def resize_frame(pixels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    rule = settings.resize_rule
+    if rule.kind == 'exact':
+        return resize_exact(pixels, rule.height, rule.width, rule.filter)
+    if rule.kind == 'short':
+        from PIL import Image
+        if rule.filter == 'bilinear':
+            return resize_short_side(Image.fromarray(pixels), rule.short)      # eval's reference resize
+        from .views import scaled_size
+        h, w = scaled_size(pixels.shape[0], pixels.shape[1], rule.short)
+        return resize_exact(pixels, h, w, rule.filter)
+    return pixels
+
+
+def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int = 0,
+                 num_frames: Optional[int] = None) -> Iterator[SnippetChunk]:
+    """The chunks of one video, in order. Raises VideoDecodeError (unreadable), ShortVideoError (refused),
+    _Recount (the frame count the plan assumed was wrong)."""
+    source = open_source(job.path, fps=settings.fps)
+    n = num_frames if num_frames is not None else source.num_frames
+    plan = plan_snippets(n, settings.snippet, settings.stride, settings.tail, settings.align, settings.lookahead)
+    free_after = last_use(plan)
+    ready = plan.frames.max(axis=1)
+    buffer: Dict[int, np.ndarray] = {}
+    next_snippet, decoded = 0, 0
+    sizes = None
+    crops: List[Crop] = []
+
+    def cut(k0: int, k1: int, meta: Optional[VideoMeta]) -> SnippetChunk:
+        rows = plan.frames[k0:k1]
+        used = np.unique(rows[rows != ZERO_FRAME])
+        local = {int(f): i for i, f in enumerate(used)}
+        local_rows = np.vectorize(lambda f: local.get(int(f), ZERO_FRAME), otypes=[np.int64])(rows)
+        frames = np.stack([buffer[int(f)] for f in used])
+        return SnippetChunk(job, attempt, k0, torch.from_numpy(frames), torch.from_numpy(local_rows), meta)
+
+    def release(upto: int) -> None:
+        for f in [f for f in buffer if free_after[f] < upto]:
+            del buffer[f]
+
+    pending_from = 0
+    if isinstance(source, FrameFolder):   # random access: read only the frames some snippet needs
+        frames = ((int(i), source.read([int(i)], None).frames[0]) for i in np.flatnonzero(free_after >= 0))
+    else:
+        frames = iter_frames(source, scale=None)
+    for i, pixels in frames:
+        decoded = i + 1
+        if i >= n:
+            continue                       # counted, never used: the plan is redone below
+        if sizes is None:
+            sizes = (pixels.shape[:2], None)
+        if free_after[i] >= 0:
+            buffer[i] = resize_frame(pixels, settings)
+            if sizes[1] is None:
+                sizes = (sizes[0], buffer[i].shape[:2])
+                crops = crop_boxes(*sizes[1], settings.crops, settings.crop_size)
+        while next_snippet < plan.num_snippets and ready[next_snippet] <= i:
+            next_snippet += 1
+            if next_snippet - pending_from == snippets_per_chunk and next_snippet < plan.num_snippets:
+                yield cut(pending_from, next_snippet, None)
+                pending_from = next_snippet
+                release(next_snippet)
+    if isinstance(source, FrameFolder):
+        decoded = n                         # a folder's frame count is exact
+    if decoded != n:
+        raise _Recount(decoded)
+    if sizes is None or sizes[1] is None:
+        raise VideoDecodeError('no frame could be decoded')
+    fps = _fps(source.fps) if getattr(source, 'fps', None) else _fps(getattr(source, 'source_fps', None))
+    fps = fps or settings.fps
+    meta = VideoMeta(n, fps, _fps(getattr(source, 'source_fps', None)), tuple(sizes[0]), tuple(sizes[1]), plan, crops)
+    yield cut(pending_from, plan.num_snippets, meta)
+
+
+def stream_video_checked(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int,
+                         attempt: int = 0) -> Iterator[SnippetChunk]:
+    """``stream_video``, streamed again with the true frame count when the container's estimate was off."""
+    try:
+        yield from stream_video(job, settings, snippets_per_chunk, attempt)
+    except _Recount as recount:
+        yield from stream_video(job, settings, snippets_per_chunk, attempt + 1, num_frames=recount.num_frames)
+
+
+class FeatureStream(torch.utils.data.IterableDataset):
+    """Chunks of every job, or a VideoFailure per video that could not be read (never raises).
+
+    In DataLoader workers each worker takes every W-th job and streams its videos one after the other, so
+    a video's chunks arrive in order. A video that fails to decode is streamed once more from its start (a
+    network file system read can fail once); the consumer drops the chunks of an abandoned attempt (a new
+    ``attempt`` number for the same job means: start again).
+    """
+
+    attempts = 2
+
+    def __init__(self, jobs: Sequence[VideoJob], settings: FeatureSettings, snippets_per_chunk: int):
+        self.jobs = list(jobs)
+        self.settings = settings
+        self.snippets_per_chunk = snippets_per_chunk
+
+    def __iter__(self) -> Iterator[Union[SnippetChunk, VideoFailure]]:
+        info = torch.utils.data.get_worker_info()
+        jobs = self.jobs if info is None else self.jobs[info.id::info.num_workers]
+        for job in jobs:
+            yield from self.video(job)
+
+    def video(self, job: VideoJob) -> Iterator[Union[SnippetChunk, VideoFailure]]:
+        reasons = []
+        for attempt in range(self.attempts):
+            try:
+                yield from stream_video_checked(job, self.settings, self.snippets_per_chunk, attempt=2 * attempt)
+                return
+            except ShortVideoError as e:
+                yield VideoFailure(job, str(e), 'short')
+                return
+            except VideoDecodeError as e:
+                reasons.append(str(e))
+            except Exception as e:   # a decoder bug must not end a long run; it is listed with its type
+                reasons.append(f'{type(e).__name__}: {e}')
+        if len(set(reasons)) == 1:
+            reason = f'{reasons[0]} (failed {len(reasons)} times)'
+        else:
+            reason = ' | '.join(f'attempt {k + 1}: {r}' for k, r in enumerate(reasons))
+        yield VideoFailure(job, reason, 'decode')
+
+
+# ------------------------------------------------------------------------------------ the network side
+
+def normalisation(settings: FeatureSettings, cfg=None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    if settings.norm == 'model':
+        if cfg is None:
+            raise ValueError('--norm model needs a model with a pretrained_cfg')
+        return tuple(cfg.mean), tuple(cfg.std)
+    return NORMS[settings.norm]
+
+
+def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop], mean, std) -> torch.Tensor:
+    """Every crop of every snippet as one network batch (B * C, 3, S, c, c) float32, snippet-major
+    (row b * C + j is snippet b, crop j), channels_last_3d in memory.
+
+    Pixels become ``(x - mean) / std`` in float32 (for [-1, 1]: (x - 127.5) / 127.5, the correctly rounded
+    value of x * 2 / 255 - 1); zero frames are zero after that scaling.
+    """
+    width = frames.shape[2]
+    gather = rows.clamp(min=0)
+    views = []
+    for crop in crops:
+        if crop.mirrored:   # the box is in the mirrored frame: the original columns W - left - c .. W - left
+            left = width - crop.left - crop.size
+            region = frames[:, crop.top:crop.top + crop.size, left:left + crop.size].flip(2)
+        else:
+            region = frames[:, crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
+        views.append(region[gather])                          # (B, S, c, c, 3)
+    x = torch.stack(views, dim=1).flatten(0, 1)               # (B * C, S, c, c, 3)
+    x = x.permute(0, 4, 1, 2, 3).float()                      # channels innermost: channels_last_3d
+    x = x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1))
+    x = x.div_(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1))
+    zero = (rows == ZERO_FRAME)
+    if bool(zero.any()):
+        mask = zero.repeat_interleave(len(crops), dim=0).view(x.shape[0], 1, x.shape[2], 1, 1)
+        x = x.masked_fill_(mask, 0.0)
+    return x
+
+
+RESNET_STAGE_ALIASES = {'res2': 'layer1', 'res3': 'layer2', 'res4': 'layer3', 'res5': 'layer4'}
+
+
+class UnknownLayerError(ValueError):
+    pass
+
+
+def layer_choices(model: torch.nn.Module) -> List[str]:
+    """The names --layer accepts, short list for messages: pre_logits, stage aliases, top-level modules."""
+    names = [PRE_LOGITS]
+    if hasattr(model, 'stages'):
+        names += list(RESNET_STAGE_ALIASES)
+    names += [n for n, _ in model.named_children() if n not in ('drop', 'fc', 'logits')]
+    return names
+
+
+def resolve_layer(model: torch.nn.Module, layer: str) -> Optional[str]:
+    """The module name a --layer refers to (None for pre_logits); UnknownLayerError names the valid ones."""
+    if layer == PRE_LOGITS:
+        return None
+    name = RESNET_STAGE_ALIASES.get(layer, layer) if hasattr(model, 'stages') else layer
+    if name in dict(model.named_modules()) and name:
+        return name
+    raise UnknownLayerError(
+        f'--layer {layer!r}: {type(model).__name__} has no such layer; valid: {", ".join(layer_choices(model))} '
+        '(or any submodule name, e.g. layer3.5 / Mixed_4f.branch_0)')
+
+
+class _Stop(Exception):
+    pass
+
+
+class PooledFeatures(torch.nn.Module):
+    """net -> (N, D) features: the pre-logits feature (``forward_head(..., pre_logits=True)``: res5 global
+    average pool for the ResNets, Mixed_5c (2, 7, 7) average pool then mean for Inception-I3D), or the
+    global (T, H, W) mean of a named layer's output, the rest of the network not run."""
+
+    def __init__(self, net: torch.nn.Module, module_name: Optional[str]):
+        super().__init__()
+        self.net = net
+        self.module_name = module_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.module_name is None:
+            kwargs = {'fully_conv': False} if 'fully_conv' in self.net.forward_head.__code__.co_varnames else {}
+            return self.net.forward_head(self.net.forward_features(x), pre_logits=True, **kwargs)
+        box = []
+
+        def grab(module, inputs, output):
+            box.append(output)
+            raise _Stop
+
+        handle = self.net.get_submodule(self.module_name).register_forward_hook(grab)
+        try:
+            self.net(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return box[0].float().mean(dim=tuple(range(2, box[0].dim())))
+
+
+def prepare_feature_model(model: torch.nn.Module, layer: str, device: torch.device, fast_path: bool = True,
+                          compile: bool = False):
+    """The callable that turns a snippet batch into features: the zoo inference fast path (BatchNorm folded,
+    channels_last_3d, fp32, inference mode; ``compile``: torch.compile with frozen weights) around
+    PooledFeatures, or the eager model."""
+    module_name = resolve_layer(model, layer)
+    wrapped = PooledFeatures(model, module_name)
+    wrapped.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
+    if not fast_path:
+        return wrapped.to(device).eval()
+    from zoo.inference import prepare_for_inference
+    return prepare_for_inference(wrapped, device=device, compile=compile)
+
+
+@dataclass
+class VideoFeatures:
+    """The features of one finished video: (K, C, D) float32 and what the decoder learnt."""
+    job: VideoJob
+    features: np.ndarray
+    meta: VideoMeta
+
+
+class FeatureAccumulator:
+    """Collects a video's chunk features in order; a chunk of a newer attempt restarts the video."""
+
+    def __init__(self):
+        self.parts: Dict[int, Tuple[int, List[np.ndarray]]] = {}
+
+    def add(self, chunk: SnippetChunk, features: np.ndarray) -> Optional[VideoFeatures]:
+        attempt, parts = self.parts.get(chunk.job.index, (chunk.attempt, []))
+        if chunk.attempt != attempt:
+            attempt, parts = chunk.attempt, []
+        if chunk.first_snippet != sum(p.shape[0] for p in parts):
+            parts = []   # a restarted stream begins at snippet 0 again
+        parts.append(features)
+        if chunk.last:
+            self.parts.pop(chunk.job.index, None)
+            return VideoFeatures(chunk.job, np.concatenate(parts), chunk.meta)
+        self.parts[chunk.job.index] = (attempt, parts)
+        return None
+
+    def drop(self, job_index: int) -> None:
+        self.parts.pop(job_index, None)
+
+
+def chunk_crops(chunk: SnippetChunk, settings: FeatureSettings) -> List[Crop]:
+    """The crop boxes of a chunk's (resized) frames."""
+    return crop_boxes(chunk.frames.shape[1], chunk.frames.shape[2], settings.crops, settings.crop_size)
+
+
+def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, mean, std, device: torch.device) -> np.ndarray:
+    """(B, C, D) float32 features of a chunk's B snippets x C crops, in one forward pass."""
+    crops = chunk_crops(chunk, settings)
+    x = snippet_batch(chunk.frames.to(device), chunk.rows.to(device), crops, mean, std)
+    with torch.inference_mode():
+        out = model(x)
+    return out.float().cpu().numpy().reshape(chunk.rows.shape[0], len(crops), -1)

@@ -1,0 +1,435 @@
+"""Video feature extraction with zoo models: per-snippet, per-crop pooled features of whole data sets.
+
+    python -m eval.features --model i3d_r50 --data /data/ucf_crime/videos --preset i3d-r50-10crop --out feats/
+    python -m eval.features --model i3d_inception --data list.txt --preset i3d-inception --out feats/
+    python -m eval.features --model i3d_r50 --data videos/ --snippet 32 --stride 8 --crops 3 --out feats/
+    torchrun --nproc_per_node 8 -m eval.features ...       # the same files as one process; resumable
+
+From Python: ``feats, info = extract(model, 'clip.mp4', preset='i3d-r50-10crop')``.
+
+--data is a folder (video files and frame folders, searched recursively) or a list file (one path per
+line). Per video --out gets the array (``<stem>.npy``, named as the preset says) and ``<stem>.json`` (what
+every axis, crop and snippet is); at the end ``index.json`` lists every video and every failure.
+``manifest.json`` ties --out to one configuration; the same command again resumes, skipping every video
+whose array matches its sidecar. Presets and their sources: eval/feature_presets.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .cli import add_execution_flags, add_model_flags
+from .config import clip_size_problem, default_batch_size, default_workers
+from .console import RULE, Console
+from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
+from .distributed import DistContext, rank_device, shard
+from .engine import RunError, exit_verdict, fail_together, load_model, run_job
+from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, INDEX, MANIFEST, array_bytes, arrange,
+                              build_sidecar, finished_sidecar, identity_sha256, index_entry, record_failure,
+                              recorded_failure, sha256_bytes, write_json, write_video_outputs)
+from .feature_presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
+from .feature_stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
+                             normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
+from .resumable import probe_writable, weights_fingerprint
+from .store import manifest_differences, read_manifest
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+def read_inputs(data: str) -> Tuple[List[VideoRecord], str]:
+    """The videos of --data (a folder, searched recursively, or a list file) and a one-line description."""
+    if os.path.isdir(data):
+        records = read_unlabelled_folder(data, recursive=True)
+        desc = f'folder {data} ({len(records)} videos / frame folders, sub-folders included)'
+    elif os.path.isfile(data):
+        records = read_list_file(data, LabelMap(()))
+        desc = f'list file {data} ({len(records)} entries)'
+    else:
+        raise RunError(f'--data {data}: no such file or folder')
+    if not records:
+        raise RunError(f'no video found: {desc}')
+    return records, desc
+
+
+def make_jobs(records: Sequence[VideoRecord], settings: FeatureSettings) -> Tuple[List[VideoJob], List[VideoJob]]:
+    """(jobs, missing): output stems by the preset's naming rule; two videos with one stem are an error."""
+    jobs, missing, by_stem = [], [], {}
+    for i, record in enumerate(records):
+        stem = output_stem(record.path or record.video_id, settings.naming)
+        if record.path is None:
+            missing.append(VideoJob(i, record.video_id, record.missing or 'missing', stem))
+            continue
+        jobs.append(VideoJob(i, record.video_id, record.path, stem))
+        by_stem.setdefault(stem, []).append(record.path)
+    clashes = {s: p for s, p in by_stem.items() if len(p) > 1}
+    if clashes:
+        lines = [f'{s}: {", ".join(p[:3])}{" ..." if len(p) > 3 else ""}' for s, p in list(clashes.items())[:5]]
+        raise RunError(f'{len(clashes)} output name(s) would be written by more than one video:\n  '
+                       + '\n  '.join(lines) + '\nrename the videos or extract the folders into separate --out')
+    return jobs, missing
+
+
+# -------------------------------------------------------------------------------------------- model
+
+def load_feature_model(name: str, random_weights: bool = False, checkpoint: Optional[str] = None,
+                       weights_file: Optional[str] = None, seed: int = 0) -> Tuple[torch.nn.Module, dict]:
+    """The engine's model loading (pretrained, checkpoint, source file or seeded random weights), in eval mode."""
+    torch.manual_seed(seed)
+    try:
+        model, weights = load_model(name, pretrained=not random_weights, checkpoint=checkpoint,
+                                    weights_file=weights_file)
+    except KeyError as e:
+        raise RunError(str(e.args[0] if e.args else e)) from e
+    except (RuntimeError, NotImplementedError, OSError, ValueError) as e:
+        raise RunError(f'cannot load weights for {name}: {e}\nuse --checkpoint / --weights-file for local '
+                       'weights, or --random-weights to check the pipeline without them') from e
+    if weights['kind'] == 'random':
+        weights['seed'] = seed
+    return model.eval(), weights
+
+
+def model_description(name: str, model: torch.nn.Module, weights: dict, layer: str) -> dict:
+    return {'name': name, 'class': type(model).__name__, 'weights': weights,
+            'state_dict_sha256': weights_fingerprint(model), 'layer_module': resolve_layer(model, layer)}
+
+
+def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_path: bool = True,
+                 compile: bool = False) -> dict:
+    """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash."""
+    return {'format_version': FORMAT_VERSION, 'model': model_info['name'],
+            'state_dict_sha256': model_info['state_dict_sha256'], 'layer_module': model_info['layer_module'],
+            'settings': settings.identity(), 'array_format': fmt,
+            'network': {'fast_path': fast_path, 'compile': compile, 'precision': 'fp32'}}
+
+
+def snippets_per_forward(settings: FeatureSettings, batch_size: Optional[int], device: torch.device) -> int:
+    """Whole snippets (all their crops) per forward pass: --batch-size clips, else the engine's default,
+    and never less than one snippet."""
+    return max(1, (batch_size or default_batch_size(device)) // settings.crops)
+
+
+def default_device() -> torch.device:
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+# ----------------------------------------------------------------------------------- Python API
+
+def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r50-10crop', *,
+            device: Optional[Union[str, torch.device]] = None, batch_size: Optional[int] = None,
+            fast_path: bool = True, compile: bool = False, **overrides) -> Tuple[np.ndarray, dict]:
+    """Features of one video (file or frame folder) and their description (the sidecar the CLI writes).
+
+    ``model``: a zoo model, or a zoo name (its pretrained weights are loaded). ``overrides``: any of
+    snippet, stride, tail, align, crops, crop_size, resize, norm, fps, layer, lookahead, naming, layout.
+    Raises ShortVideoError (too short under --tail drop), VideoDecodeError (unreadable), UnknownLayerError.
+    """
+    settings = resolve_settings(preset, **overrides)
+    if isinstance(model, str):
+        name = model
+        model, weights = load_feature_model(name)
+    else:
+        name = getattr(getattr(model, 'pretrained_cfg', None), 'architecture', None) or type(model).__name__
+        weights = {'kind': 'given', 'source': None}
+    device = torch.device(device) if device is not None else default_device()
+    info = model_description(name, model, weights, settings.layer)
+    net = prepare_feature_model(model, settings.layer, device, fast_path, compile)
+    mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+    job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
+    accumulator, video = FeatureAccumulator(), None
+    for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
+        video = accumulator.add(chunk, run_chunk(net, chunk, settings, mean, std, device)) or video
+    array = arrange(video.features, settings)
+    sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
+                            run_identity(info, settings, 'npy', fast_path, compile), info)
+    return array, sidecar
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m eval.features', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', required=True, help='a folder of videos / frame folders (searched recursively), '
+                                                 'or a list file (one path per line)')
+    p.add_argument('--out', required=True, help='output folder (resumed when it holds a run of this configuration)')
+    p.add_argument('--preset', default='i3d-r50-10crop', choices=sorted(PRESETS),
+                   help='i3d-r50-10crop (default), i3d-inception, dense')
+    k = p.add_argument_group('settings (default: the preset\'s)')
+    k.add_argument('--snippet', type=int, help='frames per snippet (window)')
+    k.add_argument('--stride', type=int, help='frames between the starts (centres) of consecutive snippets')
+    k.add_argument('--tail', choices=('drop', 'pad', 'loop', 'zero'),
+                   help='the end of the video: drop a partial snippet, pad it with the last frame, loop to '
+                        'the start, or zero frames')
+    k.add_argument('--align', choices=('start', 'centre'), help='windows start at k*stride, or are centred on it')
+    k.add_argument('--lookahead', type=int, help='(--tail drop) frames needed after a window for it to count')
+    k.add_argument('--crops', type=int, choices=(1, 3, 5, 10), help='1 centre, 3 along the long side, 5, 10 (5 + mirrored)')
+    k.add_argument('--crop-size', type=int, help='crop side in pixels')
+    k.add_argument('--resize', help='WxH (exact, LANCZOS), a short side (bilinear), or none; :filter overrides')
+    k.add_argument('--norm', choices=('minus1-1', 'caffe2', 'model'), help='[-1, 1], Caffe2 mean/std, or the model\'s')
+    k.add_argument('--fps', type=float, help='resample video files to this rate (0: native)')
+    k.add_argument('--layer', help='pre_logits (default), res2..res5 / layer1..4, Mixed_*: globally pooled')
+    k.add_argument('--naming', choices=('name', 'stem', 'stem_rgb'), help='output file name rule')
+    k.add_argument('--layout', choices=('snippets-first', 'channels-first'), help='array axis order')
+    p.add_argument('--format', choices=ARRAY_FORMATS, default='npy', help='npy (default) or npz (key "features")')
+    add_model_flags(p, model_help="a zoo model name (default: the preset's model)")
+    p.add_argument('--batch-size', type=int, help='clips per forward pass, rounded down to whole snippets of '
+                                                  'all crops, at least one snippet (default: one snippet)')
+    p.add_argument('--threads', type=int, help='torch CPU threads per rank')
+    add_execution_flags(p)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command = ' '.join(['python -m eval.features'] + argv)
+    return run_job(lambda ctx, console: _run(args, ctx, console), args.device, args.dist_timeout)
+
+
+@dataclass
+class FeatureRun:
+    """What resolving the flags decided: settings, videos, model and the run's identity."""
+    settings: FeatureSettings
+    jobs: List[VideoJob]
+    missing: List[VideoJob]
+    data_desc: str
+    name: str
+    model: torch.nn.Module
+    model_info: dict
+    identity: dict
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+    @property
+    def identity_sha256(self) -> str:
+        return identity_sha256(self.identity)
+
+
+def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
+    """Flags -> settings, videos, model (loaded once), identity; every problem found before any work."""
+    try:
+        settings = resolve_settings(args.preset, **{k: getattr(args, k) for k in OVERRIDABLE})
+    except (ValueError, TypeError) as e:
+        raise RunError(str(e)) from e
+    if not 0 <= args.max_failed <= 1:
+        raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
+    fail_together(ctx, probe_writable(args.out))                    # before loading anything
+    records, data_desc = read_inputs(args.data)
+    jobs, missing = make_jobs(records, settings)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.model or PRESETS[args.preset].model
+    model, weights = load_feature_model(name, args.random_weights, args.checkpoint, args.weights_file, args.seed)
+    try:
+        model_info = model_description(name, model, weights, settings.layer)
+        mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+    except (UnknownLayerError, ValueError) as e:
+        raise RunError(str(e)) from e
+    problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
+    if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
+        raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
+    identity = run_identity(model_info, settings, args.format, not args.no_fast_path, args.compile)
+    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, mean, std)
+
+
+def open_out(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> None:
+    """One configuration per --out: the manifest written by the first run, compared by every later one."""
+    verdict = None
+    if ctx.is_main:
+        manifest = {'kind': 'features', 'identity': run.identity,
+                    'info': {'preset': run.settings.preset, 'sources': list(run.settings.sources),
+                             'data': args.data, 'torch': torch.__version__, 'weights': run.model_info['weights']}}
+        stored = read_manifest(args.out)
+        if stored is None:
+            write_json(os.path.join(args.out, MANIFEST), manifest)
+        else:
+            differences = manifest_differences(stored, manifest)
+            if differences:
+                verdict = (f'{args.out} holds features of a different configuration; refusing to mix:\n  '
+                           + '\n  '.join(differences) + f'\nuse another --out, or delete {args.out} to start it fresh')
+    verdict = ctx.broadcast_from_main(verdict, 'checking the output folder')
+    if verdict:
+        raise RunError(verdict if ctx.is_main else '')
+
+
+@dataclass
+class FeaturePlan:
+    done: Dict[int, dict]           # job index -> sidecar of a finished, verified video
+    failed: Dict[int, dict]         # job index -> an earlier run's failure record, kept (no --retry-failed)
+    retried: int                    # earlier failures tried again
+    todo: List[VideoJob]            # what is left, all ranks
+    mine: List[VideoJob]            # this rank's share of it
+
+
+def plan_work(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> FeaturePlan:
+    """Finished videos (array verified against its sidecar; each rank hashes a share) and earlier failures,
+    agreed by every rank; what is left is sharded round-robin."""
+    local: Dict[int, Tuple[str, dict]] = {}
+    for i in shard(list(range(len(run.jobs))), ctx.rank, ctx.world_size):
+        job = run.jobs[i]
+        sidecar = finished_sidecar(args.out, job.stem, args.format, run.identity_sha256)
+        failure = None if sidecar else recorded_failure(args.out, job.stem, run.identity_sha256)
+        if sidecar or failure:
+            local[job.index] = ('done', sidecar) if sidecar else ('failed', failure)
+    states: Dict[int, Tuple[str, dict]] = {}
+    for part in ctx.all_gather(local, 'agreeing on finished videos'):
+        states.update(part)
+    done = {i: v for i, (kind, v) in states.items() if kind == 'done'}
+    failed = {i: v for i, (kind, v) in states.items() if kind == 'failed'}
+    retried = len(failed) if args.retry_failed else 0
+    if args.retry_failed:
+        failed = {}
+    todo = [j for j in run.jobs if j.index not in done and j.index not in failed]
+    return FeaturePlan(done, failed, retried, todo, shard(todo, ctx.rank, ctx.world_size))
+
+
+def print_header(console: Console, args, run: FeatureRun, plan: FeaturePlan, device, workers: int,
+                 per_forward: int, ctx: DistContext) -> None:
+    s, weights = run.settings, run.model_info['weights']
+    console.say('=' * 100)
+    console.say(f'model    {run.name} ({weights["kind"]} weights'
+                + (f', seed {weights["seed"]}' if weights['kind'] == 'random' else '') + f'), layer {s.layer}'
+                + (f' = {run.model_info["layer_module"]}' if run.model_info['layer_module'] else ''))
+    console.say(f'preset   {s.preset}: {s.snippet}-frame snippets every {s.stride} ({s.align}, tail {s.tail}), '
+                f'{s.crops} crop(s) of {s.crop_size}, resize {s.resize}, norm {s.norm}, fps {s.fps or "native"}')
+    console.say(f'data     {run.data_desc}: {len(run.jobs)} to extract'
+                + (f', {len(run.missing)} missing' if run.missing else ''))
+    console.say(f'device   {device}{f" on each of {ctx.world_size} ranks" if ctx.distributed else ""}, '
+                f'{per_forward} snippet(s) x {s.crops} crop(s) per forward, {workers} decode workers'
+                + (', compiled' if args.compile else '') + (', eager' if args.no_fast_path else ''))
+    if plan.done or plan.failed or plan.retried:
+        console.say(f'resume   {len(plan.done)} videos already finished in {args.out} (arrays verified), '
+                    + (f'{plan.retried} failed earlier and tried again, ' if plan.retried else '')
+                    + (f'{len(plan.failed)} failed earlier and kept failed (--retry-failed tries them again), '
+                       if plan.failed else '') + f'{len(plan.todo)} to do')
+    if weights['kind'] == 'random':
+        console.say('note     RANDOM WEIGHTS: the features mean nothing; a pipeline check only')
+    console.say(RULE, flush=True)
+
+
+def _run(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
+    started = time.time()
+    run = resolve_run(args, ctx)
+    open_out(args, run, ctx)
+    plan = plan_work(args, run, ctx)
+    device = rank_device(ctx, args.device)
+    workers = args.workers if args.workers is not None else default_workers(ctx.local_world_size)
+    per_forward = snippets_per_forward(run.settings, args.batch_size, device)
+    print_header(console, args, run, plan, device, workers, per_forward, ctx)
+    results, failures = extract_share(ctx, args, run, device, plan.mine, workers, per_forward)
+    gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
+    if not ctx.is_main:
+        return 0
+    for part_results, part_failures in gathered[1:]:
+        results.update(part_results)
+        failures.update(part_failures)
+    failures.update(plan.failed)
+    return finish(args, run, plan, results, failures, console, time.time() - started, ctx.world_size)
+
+
+def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict]) -> List[dict]:
+    entries = []
+    for job in sorted(run.jobs + run.missing, key=lambda j: j.index):
+        if job.index in results:
+            entries.append(index_entry(job, 'extracted', results[job.index]))
+        elif job.index in plan.done:
+            entries.append(index_entry(job, 'finished earlier', plan.done[job.index]))
+        elif job in run.missing:
+            entries.append(index_entry(job, 'missing', reason=job.path))
+        elif job.index in failures:
+            f = failures[job.index]
+            status = 'refused' if f['kind'] == 'short' else 'failed'
+            earlier = ' (recorded by an earlier run)' if job.index in plan.failed else ''
+            entries.append(index_entry(job, status, reason=f['reason'] + earlier))
+        else:
+            entries.append(index_entry(job, 'not done', reason='no rank reported it'))
+    return entries
+
+
+def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict],
+           console: Console, wall: float, world_size: int) -> int:
+    """The index of the whole run, the last lines, the exit status (the engine's policy)."""
+    decode_failed = sum(1 for f in failures.values() if f['kind'] == 'decode')
+    refused = sum(1 for f in failures.values() if f['kind'] == 'short')
+    finished = len(results) + len(plan.done)
+    total = len(run.jobs) + len(run.missing)
+    counts = {'videos': total, 'finished': finished, 'extracted_this_run': len(results),
+              'finished_earlier': len(plan.done), 'failed': decode_failed, 'refused': refused,
+              'missing': len(run.missing), 'failed_earlier_kept': len(plan.failed), 'failed_earlier_retried': plan.retried}
+    code, why = exit_verdict({'scored': finished, 'decode_failed': decode_failed, 'refused': refused,
+                              'annotated': total}, args.max_failed, done='extracted', record=INDEX)
+    entries = index_entries(run, plan, results, failures)
+    index = {
+        'format_version': FORMAT_VERSION, 'preset': run.settings.preset, 'model': run.model_info,
+        'settings': run.settings.identity(), 'network': run.identity['network'], 'counts': counts,
+        'videos': entries,
+        'failures': [{'id': e['id'], 'path': e['path'], 'status': e['status'], 'reason': e.get('reason', '')}
+                     for e in entries if e['status'] in ('failed', 'refused', 'missing')],
+        'exit': {'status': code, 'reason': why or 'ok', 'max_failed': args.max_failed},
+        'run': {'world_size': world_size, 'seconds': round(wall, 2), 'host': socket.gethostname(),
+                'command': args.command},
+    }
+    write_json(os.path.join(args.out, INDEX), index)
+    for f in index['failures'][:10]:
+        console.say(f'  {f["status"]} {f["id"]}: {f["reason"]}')
+    if len(index['failures']) > 10:
+        console.say(f'  ... {len(index["failures"]) - 10} more in {os.path.join(args.out, INDEX)}')
+    console.say(f'outputs  {args.out}/ ({finished} videos: <stem>.{args.format} + <stem>.json; {INDEX}, {MANIFEST}'
+                + (f', {FAILED}/' if failures else '') + ')')
+    console.say(f'done     {finished} of {total} videos have features ({len(results)} extracted now, '
+                f'{len(plan.done)} earlier, {decode_failed} failed, {refused} refused, {len(run.missing)} missing) '
+                f'in {wall:.1f}s')
+    if code:
+        console.error(f'{why}; exit status {code}')
+    return code
+
+
+def _identity(item):
+    return item
+
+
+def extract_share(ctx: DistContext, args, run: FeatureRun, device: torch.device, mine: List[VideoJob],
+                  workers: int, per_forward: int) -> Tuple[Dict[int, dict], Dict[int, dict]]:
+    """Extract this rank's videos; ({job index: sidecar}, {job index: failure record}), each written as it ends."""
+    from tqdm import tqdm
+    results: Dict[int, dict] = {}
+    failures: Dict[int, dict] = {}
+    if not mine:
+        return results, failures
+    net = prepare_feature_model(run.model, run.settings.layer, device, not args.no_fast_path, args.compile)
+    stream = FeatureStream(mine, run.settings, per_forward)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
+                                         collate_fn=_identity)
+    accumulator = FeatureAccumulator()
+    bar = tqdm(total=len(mine), unit='video', disable=not ctx.is_main or args.no_progress, dynamic_ncols=True,
+               mininterval=1.0, desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)
+    snippets, start = 0, time.perf_counter()
+    for item in loader:
+        if isinstance(item, VideoFailure):
+            accumulator.drop(item.job.index)
+            failures[item.job.index] = record_failure(args.out, item.job, item.kind, item.reason,
+                                                      run.identity_sha256)
+            bar.update(1)
+            continue
+        video = accumulator.add(item, run_chunk(net, item, run.settings, run.mean, run.std, device))
+        snippets += item.rows.shape[0]
+        if video is not None:
+            results[video.job.index] = write_video_outputs(args.out, video, run.settings, args.format,
+                                                           run.identity, run.model_info)
+            bar.update(1)
+        bar.set_postfix_str(f'{snippets / max(time.perf_counter() - start, 1e-9):.2f} snippets/s'
+                            + (f', failed {len(failures)}' if failures else ''), refresh=False)
+    bar.close()
+    return results, failures
+
+
+if __name__ == '__main__':
+    sys.exit(main())
