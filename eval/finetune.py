@@ -34,11 +34,11 @@ from converters.files import atomic_write
 
 from . import recipe as rc
 from .benchmarks import BENCHMARKS, get_benchmark
-from .config import RunRequest, model_class_names, parse_views
+from .config import RunRequest, default_workers, model_class_names, parse_views
 from .console import Console
 from .datasets import LabelMap, VideoRecord
-from .distributed import DEFAULT_TIMEOUT_S, DistContext, RankFailure, init_distributed, rank_device
-from .engine import RunError, fail_together
+from .distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
+from .engine import RunError, fail_together, run_job
 from .engine import run as run_engine
 from .resumable import probe_writable
 from .runner import ViewNormalizer
@@ -164,7 +164,8 @@ def resolve(args: argparse.Namespace, ctx: DistContext) -> FinetuneConfig:
         lr_steps=tuple(args.lr_steps or ()), dropout=args.dropout, bn=bn, freeze_backbone=args.freeze_backbone,
         precision=args.precision, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
         deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
-        workers=args.workers, device=str(device), out=args.out, test_views=args.test_views,
+        workers=args.workers if args.workers is not None else default_workers(ctx.local_world_size),
+        device=str(device), out=args.out, test_views=args.test_views,
         test_checkpoint=args.test_checkpoint, eval_batch_size=args.eval_batch_size, dist_timeout=args.dist_timeout,
         progress=not args.no_progress)
 
@@ -524,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 'test/; the same command resumes it')
     r.add_argument('--checkpoint-every', type=int, default=500, help='optimizer steps between checkpoints (0: '
                                                                       'epoch ends only; default 500)')
-    r.add_argument('--workers', type=int, default=0, help='DataLoader processes per rank (default 0)')
+    r.add_argument('--workers', type=int, help='DataLoader processes per rank (default: its CPUs - 1, at most 4; '
+                                               '0: in-process); the clips do not depend on it')
     r.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; torchrun: cuda:LOCAL_RANK)')
     r.add_argument('--test-views', help='SxT views of the final test (default: the model\'s published test)')
     r.add_argument('--test-checkpoint', choices=('last', 'best'), default='last',
@@ -539,20 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.pretrained = args.pretrained or bool(args.weights_file)
-    use_cuda = None if args.device is None else args.device.startswith('cuda')
-    ctx = init_distributed(args.dist_timeout, use_cuda=use_cuda)
-    console = Console(ctx.is_main)
-    try:
-        return train_and_test(args, ctx, console)
-    except RunError as e:
-        if str(e):
-            console.error(str(e))
-        return e.code
-    except RankFailure as e:
-        console.error(str(e), every_rank=True)
-        return 3
-    finally:
-        ctx.close()
+    return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout)
 
 
 if __name__ == '__main__':

@@ -14,12 +14,14 @@ import time
 
 import numpy as np
 
-import zoo
-from zoo._builder import build_model_with_cfg
-from zoo._registry import register_model
-from zoo.resnet3d import ResNet3D, ResNet3DSpec
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # run as -m tests.finetune_test_models too
+import eval_test_models  # noqa: E402
+import zoo  # noqa: E402
+from eval_test_models import REPO_ROOT  # noqa: E402
+from zoo._builder import build_model_with_cfg  # noqa: E402
+from zoo._registry import register_model  # noqa: E402
+from zoo.resnet3d import ResNet3D, ResNet3DSpec  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINETICS_CLIPS = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data', 'kinetics-clips')
 REAL_CLIPS = ('arm_wrestling.mp4', 'cleaning_pool.mp4')
 SYNTHETIC_TINTS = ((1.3, 0.4, 0.4), (0.4, 1.3, 0.4), (0.4, 0.4, 1.3), (0.3, 0.3, 0.3))
@@ -80,21 +82,17 @@ def write_training_set(root: str, real: list, synthetic: int = 4, height: int = 
 
 
 def cli_env(seconds_per_pass: float = 0.0) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
-                                                             'MASTER_PORT', 'LOCAL_WORLD_SIZE')}
-    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    env['FINETUNE_TEST_SECONDS_PER_PASS'] = str(seconds_per_pass)
+    env = eval_test_models.cli_env(seconds_per_pass, delay_variable='FINETUNE_TEST_SECONDS_PER_PASS')
     env['OMP_NUM_THREADS'] = '1'       # the same float arithmetic in every process a test compares
     return env
 
 
 def python_command(args: list) -> list:
-    return [sys.executable, '-m', 'tests.finetune_test_models', *args]
+    return eval_test_models.python_command(args, module='tests.finetune_test_models')
 
 
 def torchrun_command(nproc: int, args: list) -> list:
-    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
-    return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', 'tests.finetune_test_models', *args]
+    return eval_test_models.torchrun_command(nproc, args, module='tests.finetune_test_models')
 
 
 if __name__ == '__main__':
