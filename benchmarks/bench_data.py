@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ import torch
 from PIL import Image
 
 import zoo
-from benchmarks.machine import machine_load
+from benchmarks.machine import machine_load, write_report
 from benchmarks.timing import best_seconds
 from eval.config import parse_views, view_spec
 from eval.datasets import VideoRecord, VideoSample
@@ -468,11 +467,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(E2E_HEADER)
         report['end_to_end'] = bench_end_to_end(args.e2e_videos, views=args.views, cache_dir=args.cache_dir,
                                                 frames=args.frames)
-    report['load_after'] = machine_load()
-    print('machine load (1/5/15 min) before', report['load_before'], 'after', report['load_after'])
-    with open(args.json, 'w') as f:
-        json.dump(report, f, indent=2)
-    print(f'wrote {args.json}')
+    write_report(args.json, report, report['load_before'])
     return 0
 
 

@@ -14,7 +14,6 @@ of that same head. Data: videos/s of the 3x10 view pipeline against a naive per-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ if __package__ in (None, ''):   # run as a script: import this checkout's packag
 import torch
 
 import zoo
-from benchmarks.machine import Peak, machine_info, machine_load, machine_peak
+from benchmarks.machine import Peak, machine_info, machine_load, machine_peak, write_report
 from benchmarks.timing import best_seconds
 from eval.flops import flop_report
 from eval.runner import model_call_kwargs
@@ -248,10 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if 'end-to-end' in args.only and device.type == 'cpu':
         print(bench_data.E2E_HEADER)
         report.end_to_end = bench_data.bench_end_to_end()
-    print('machine load (1/5/15 min) before', report.load_before, 'after', machine_load())
-    with open(args.json, 'w') as f:
-        json.dump(report.to_dict(), f, indent=2)
-    print(f'wrote {args.json}')
+    write_report(args.json, report.to_dict(), report.load_before)
     return 0
 
 

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from benchmarks.machine import machine_info, machine_load  # noqa: E402
+from benchmarks.machine import machine_info, machine_load, write_report  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
 
 
@@ -142,11 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for checkpointing in (False, True):
                 results.append(run_one_in_subprocess(args, size, precision, checkpointing))
                 print(format_row(results[-1], results), flush=True)
-    report = {'machine': info, 'load_before': load_before, 'load_after': machine_load(), 'results': results}
-    print('machine load (1/5/15 min) before', load_before, 'after', report['load_after'])
-    with open(args.json, 'w') as f:
-        json.dump(report, f, indent=2)
-    print(f'wrote {args.json}')
+    write_report(args.json, {'machine': info, 'results': results}, load_before)
     return 0
 
 

@@ -93,3 +93,14 @@ def machine_load() -> Dict[str, object]:
     except OSError:
         load = (float('nan'),) * 3
     return {'cpus': os.cpu_count(), 'loadavg_1_5_15': [round(v, 2) for v in load]}
+
+
+def write_report(path: str, report: Dict[str, object], load_before: Dict[str, object]) -> None:
+    """The run's JSON, with the machine's load before and after it (printed too), written atomically."""
+    import json
+    from converters.files import atomic_write
+    report.update(load_before=load_before, load_after=machine_load())
+    print('machine load (1/5/15 min) before', load_before, 'after', report['load_after'])
+    with atomic_write(path, 'w', encoding='utf-8') as f:
+        json.dump(report, f, indent=2)
+    print(f'wrote {path}')
