@@ -170,19 +170,24 @@ def test_out_indices_pick_taps_and_stop_early_ends_there(name):
 
 # One of each kind of trunk: plain blocks, grouped non-local blocks with frozen BN, Inception modules.
 @pytest.mark.parametrize('name', ['c2d_r50_8x8', 'i3d_nl_r50_32x4', 'i3d_nl_r50', 'i3d_inception'])
-def test_grad_checkpointing_gives_the_same_gradients(name):
+def test_grad_checkpointing_gives_the_same_gradients_and_running_statistics(name):
     x = _trunk_clip(name, batch=2)
-    grads = []
+    grads, buffers = [], []
     for enable in (False, True):
         model = _seeded(name).train()
         model.set_grad_checkpointing(enable)
         model.forward_features(x).square().mean().backward()   # the trunk is what checkpointing changes
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        buffers.append(dict(model.named_buffers()))
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters())) - 2  # all but fc
     for key in grads[0]:
         # The recomputation repeats the forward's float operations on the same inputs; 1e-6 only absorbs a
         # different accumulation order of the gradients.
         torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-5, atol=1e-6, msg=key)
+    # BatchNorm in training mode updates its running statistics once per forward; the recomputation in
+    # backward must not update them again (num_batches_tracked 1, not 2; the same running mean and variance)
+    for key in buffers[0]:
+        torch.testing.assert_close(buffers[1][key], buffers[0][key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.parametrize('name', ENTRIES)

@@ -1,12 +1,35 @@
 """timm's feature protocol for networks that run their ``trunk`` of children in order: forward_features,
 forward_intermediates at the ``feature_info`` taps, prune_intermediate_layers and gradient checkpointing."""
 
+import contextlib
 from typing import List, Optional, Union
 
 import torch
-from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@contextlib.contextmanager
+def _running_statistics_kept(module: nn.Module):
+    """The buffers of ``module`` (BatchNorm running statistics and their counters, whatever norm class holds
+    them) as they were on entry, whatever runs inside: a block recomputed in backward has already updated
+    them in its forward, and must not update them twice."""
+    buffers = [b for b in module.buffers()] if module.training else []
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, kept in zip(buffers, saved):
+                b.copy_(kept)
+
+
+def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` without keeping its activations: recomputed in backward (non-reentrant checkpoint,
+    the RNG replayed so dropout draws the same masks), with BatchNorm statistics updated once, not twice."""
+    return checkpoint(module, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_kept(module)))
 
 
 class TrunkFeaturesMixin:
@@ -23,9 +46,11 @@ class TrunkFeaturesMixin:
     @torch.jit.ignore
     def _run_checkpointed(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(module, nn.Sequential):
-            return checkpoint_seq(module, x)
+            for block in module:
+                x = self._run_checkpointed(block, x)
+            return x
         if any(p.requires_grad for p in module.parameters()):
-            return checkpoint(module, x)
+            return checkpointed(module, x)
         return module(x)  # nothing to save memory on (pools, activations)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
