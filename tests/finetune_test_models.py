@@ -24,7 +24,7 @@ from zoo.resnet3d import ResNet3D, ResNet3DSpec  # noqa: E402
 
 KINETICS_CLIPS = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data', 'kinetics-clips')
 REAL_CLIPS = ('arm_wrestling.mp4', 'cleaning_pool.mp4')
-SYNTHETIC_TINTS = ((1.3, 0.4, 0.4), (0.4, 1.3, 0.4), (0.4, 0.4, 1.3), (0.3, 0.3, 0.3))
+SYNTHETIC_TINTS = ((1.3, 0.4, 0.4), (0.4, 1.3, 0.4), (0.4, 0.4, 1.3), (0.3, 0.3, 0.3), (1.3, 1.3, 0.4), (0.4, 1.3, 1.3))
 
 TINY_SPEC = ResNet3DSpec(layers=(1, 1, 1, 1), widths=(4, 8, 8, 16), stem_width=8, conv1_temporal_kernel=3,
                          conv1_temporal_stride=1, pool1_kernel=(1, 3, 3), pool1_stride=(1, 2, 2),

@@ -20,12 +20,16 @@ from eval.train_state import load_training_state
 from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,
                                   write_training_set)
 
+TRAINING_CLIPS = 6
+
 
 @pytest.fixture(scope='module')
 def training_set(tmp_path_factory):
-    """(list file, classes file, class names): the two real Kinetics clips when ../shared has them, and 4
-    synthetic clips, one class each."""
-    list_path = write_training_set(str(tmp_path_factory.mktemp('finetune') / 'data'), real_clips() or [])
+    """(list file, classes file, class names): 6 clips, one class each: the two real Kinetics clips when
+    ../shared has them and 4 synthetic clips, else 6 synthetic clips."""
+    real = real_clips() or []
+    list_path = write_training_set(str(tmp_path_factory.mktemp('finetune') / 'data'), real,
+                                   synthetic=TRAINING_CLIPS - len(real))
     classes_path = os.path.join(os.path.dirname(list_path), 'classes.txt')
     with open(classes_path) as f:
         return list_path, classes_path, tuple(line.strip() for line in f)
