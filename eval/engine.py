@@ -32,7 +32,7 @@ from .report import json_safe, metrics_over_annotated, write_run
 from .resumable import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
                         plan_work, probe_writable, result_from_store, score_shard, weights_fingerprint)
 from .runner import EvalResult
-from .store import ScoreStore, check_run_dir, write_manifest
+from .store import ScoreStore, check_run_dir
 
 RANDOM_WEIGHTS_NOTE = ('RANDOM WEIGHTS: this model is untrained, so its accuracy means nothing; '
                        'the run only shows the pipeline working.')
@@ -177,9 +177,7 @@ def open_run_dir(config: RunConfig, model: torch.nn.Module, records: List[VideoR
     verdict = None
     if ctx.is_main:
         manifest = manifest_of(config, model, records)
-        verdict = check_run_dir(config.out_dir, manifest)
-        if verdict is None and not os.path.isfile(os.path.join(config.out_dir, 'manifest.json')):
-            write_manifest(config.out_dir, manifest)
+        verdict = check_run_dir(config.out_dir, manifest)       # writes the manifest of a new folder
     verdict = ctx.broadcast_from_main(verdict, 'checking the run directory')
     if verdict:
         raise RunError(verdict if ctx.is_main else '')

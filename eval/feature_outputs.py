@@ -18,11 +18,11 @@ import numpy as np
 from converters.files import atomic_write, sha256_file
 
 from .feature_presets import FeatureSettings
+from .store import MANIFEST  # noqa: F401  (the run's manifest: eval.store's rule, re-exported for features)
 from .feature_stream import VideoFeatures
 from .snippets import snippet_seconds
 
 FORMAT_VERSION = 1
-MANIFEST = 'manifest.json'
 INDEX = 'index.json'
 FAILED = 'failed'            # <out>/failed/<stem>.json: a video that could not be extracted, and why
 ARRAY_FORMATS = ('npy', 'npz')

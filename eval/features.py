@@ -39,7 +39,7 @@ from .feature_presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem,
 from .feature_stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
 from .resumable import probe_writable, weights_fingerprint
-from .store import manifest_differences, read_manifest
+from .store import claim_run_dir
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -247,14 +247,7 @@ def open_out(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> Non
         manifest = {'kind': 'features', 'identity': run.identity,
                     'info': {'preset': run.settings.preset, 'sources': list(run.settings.sources),
                              'data': args.data, 'torch': torch.__version__, 'weights': run.model_info['weights']}}
-        stored = read_manifest(args.out)
-        if stored is None:
-            write_json(os.path.join(args.out, MANIFEST), manifest)
-        else:
-            differences = manifest_differences(stored, manifest)
-            if differences:
-                verdict = (f'{args.out} holds features of a different configuration; refusing to mix:\n  '
-                           + '\n  '.join(differences) + f'\nuse another --out, or delete {args.out} to start it fresh')
+        verdict = claim_run_dir(args.out, manifest, what='features')
     verdict = ctx.broadcast_from_main(verdict, 'checking the output folder')
     if verdict:
         raise RunError(verdict if ctx.is_main else '')

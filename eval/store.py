@@ -170,14 +170,6 @@ def read_manifest(run_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
-def write_manifest(run_dir: str, manifest: dict) -> None:
-    """Atomically (temporary file, fsync, rename): a crash never leaves half a manifest."""
-    os.makedirs(run_dir, exist_ok=True)
-    with atomic_write(os.path.join(run_dir, MANIFEST), 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write('\n')
-
-
 def _flatten(value, prefix: str = '') -> Dict[str, object]:
     if isinstance(value, dict):
         flat: Dict[str, object] = {}
@@ -194,17 +186,31 @@ def manifest_differences(stored: dict, current: dict) -> List[str]:
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def check_run_dir(run_dir: str, manifest: dict) -> Optional[str]:
-    """None when ``run_dir`` is new or holds a run of the same configuration, else why it must not be reused."""
-    stored = read_manifest(run_dir)
-    if stored is None:
-        if ScoreStore(run_dir).files():
-            return (f'{run_dir} holds stored scores but no {MANIFEST}, so it cannot be told which configuration '
-                    f'they belong to. Use another --out, or delete {run_dir} to start fresh.')
+def claim_run_dir(run_dir: str, manifest: dict, file_name: str = MANIFEST, what: str = 'a run') -> Optional[str]:
+    """One configuration per folder, for every job that writes one (scores, features, fine-tuning): the first
+    call records ``manifest`` in ``run_dir/file_name``; a later call gets None when its 'identity' section is
+    the stored one, else why the folder must not be reused (each differing field, stored and now)."""
+    path = os.path.join(run_dir, file_name)
+    if not os.path.isfile(path):
+        os.makedirs(run_dir, exist_ok=True)
+        with atomic_write(path, 'w', encoding='utf-8') as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write('\n')
         return None
-    differences = manifest_differences(stored, manifest)
+    with open(path, encoding='utf-8') as f:
+        stored = json.load(f)
+    differences = manifest_differences(stored, json.loads(json.dumps(manifest)))   # tuples compare as lists
     if not differences:
         return None
-    return (f'{run_dir} holds a run of a different configuration; refusing to mix results:\n  '
+    return (f'{run_dir} holds {what} of a different configuration ({file_name}); refusing to mix results:\n  '
             + '\n  '.join(differences)
             + f'\nUse another --out for this configuration, or delete {run_dir} to start it fresh.')
+
+
+def check_run_dir(run_dir: str, manifest: dict) -> Optional[str]:
+    """None when ``run_dir`` is new (its manifest is then written) or holds a run of the same configuration,
+    else why it must not be reused."""
+    if read_manifest(run_dir) is None and ScoreStore(run_dir).files():
+        return (f'{run_dir} holds stored scores but no {MANIFEST}, so it cannot be told which configuration '
+                f'they belong to. Use another --out, or delete {run_dir} to start fresh.')
+    return claim_run_dir(run_dir, manifest)

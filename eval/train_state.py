@@ -18,6 +18,8 @@ import torch
 
 from converters.files import atomic_write
 
+from .store import claim_run_dir
+
 CHECKPOINT = 'checkpoint.pt'
 RECIPE = 'recipe.json'
 METRICS = 'metrics.csv'
@@ -92,29 +94,10 @@ def load_training_state(path: str) -> dict:
 
 # ------------------------------------------------------------------------------------------- recipe
 
-def recipe_differences(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
-    """'name: saved -> wanted' for every recipe field that differs (JSON-normalised: tuples are lists)."""
-    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))
-    return [f'{k}: {saved.get(k)!r} -> {wanted.get(k)!r}' for k in sorted(set(saved) | set(wanted))
-            if saved.get(k) != wanted.get(k)]
-
-
 def check_recipe(out_dir: str, recipe: Dict[str, Any]) -> Optional[str]:
-    """None when ``out_dir`` is new (the recipe is recorded) or holds a run of the same recipe; else why not."""
-    path = os.path.join(out_dir, RECIPE)
-    if not os.path.isfile(path):
-        os.makedirs(out_dir, exist_ok=True)
-        with atomic_write(path, 'w', encoding='utf-8') as f:
-            json.dump(recipe, f, indent=1, sort_keys=True)
-        return None
-    with open(path, encoding='utf-8') as f:
-        saved = json.load(f)
-    differences = recipe_differences(saved, recipe)
-    if differences:
-        return (f'{out_dir} holds a fine-tuning run of another recipe ({path}); refusing to resume it with this '
-                'command. Differences (saved -> this command):\n  ' + '\n  '.join(differences) +
-                '\nUse another --out, or the command that started the run.')
-    return None
+    """None when ``out_dir`` is new (the recipe is recorded in recipe.json) or holds a run of the same recipe;
+    else why not (the engine's one-configuration-per-folder rule)."""
+    return claim_run_dir(out_dir, {'identity': recipe}, RECIPE, what='a fine-tuning run')
 
 
 # ------------------------------------------------------------------------------------------- metrics

@@ -264,7 +264,8 @@ def test_another_recipe_is_refused_on_the_same_out(finished_run, training_set, c
     code, out = finetune(base_args(training_set, finished_run, '--val-data', training_set[0], '--epochs', 2,
                                    '--batch-size', 2, '--lr', 0.1), capsys)
     assert code == 2
-    assert 'another recipe' in out.err and 'lr: 0.05 -> 0.1' in out.err
+    assert 'holds a fine-tuning run of a different configuration (recipe.json)' in out.err
+    assert 'lr: this folder has 0.05, this run has 0.1' in out.err
 
 
 # ------------------------------------------------------------------------------------------- durable, distributed
