@@ -34,7 +34,7 @@ from converters.files import atomic_write
 
 from . import recipe as rc
 from .benchmarks import BENCHMARKS, get_benchmark
-from .config import RunRequest, default_workers, model_class_names, parse_views
+from .config import RunRequest, clip_size_problem, default_workers, model_class_names, parse_views
 from .console import Console
 from .datasets import LabelMap, VideoRecord
 from .distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
@@ -146,6 +146,9 @@ def resolve(args: argparse.Namespace, ctx: DistContext) -> FinetuneConfig:
         rc.check_precision(args.precision, device)
         spec = TrainSpec.from_cfg(cfg, args.frames, args.rate, args.crop,
                                   tuple(args.scales) if args.scales else None)
+        problem = clip_size_problem(args.model, cfg, spec.num_frames, spec.crop_size)
+        if problem:
+            raise ValueError(f'--frames {spec.num_frames} / --crop {spec.crop_size}: {problem}')
         if args.test_views:
             parse_views(args.test_views)
         classes = training_classes(args)

@@ -130,6 +130,10 @@ def test_fp16_on_cpu_and_a_batch_that_does_not_split_are_refused(training_set, t
     assert code == 2 and '--batch-size 5 does not split' in out.err
     code, out = finetune(base_args(training_set, tmp_path / 'c', '--batch-size', '64'), capsys)
     assert code == 2 and 'larger than the 6 training videos' in out.err
+    args = base_args(training_set, tmp_path / 'd', '--frames', '4')
+    args[args.index('tiny_i3d')] = 'i3d_r50'                  # its temporal pools need 7 frames (min_input_size)
+    code, out = finetune(args, capsys)
+    assert code == 2 and '--frames 4 / --crop 224: i3d_r50 needs clips of at least 7 frames' in out.err
 
 
 def test_gradient_checkpointing_and_bf16_through_the_command_line(training_set, tmp_path, capsys):
