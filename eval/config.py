@@ -58,6 +58,7 @@ class RunRequest:
     cache_dir: Optional[str] = None
     no_flops: bool = False
     no_progress: bool = False
+    quiet: bool = False          # errors only, no progress bar: the caller reports the outcome itself
     command: str = ''
 
     @classmethod

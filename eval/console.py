@@ -12,13 +12,15 @@ RULE = '-' * 100
 
 
 class Console:
-    """Prints on rank 0 only; errors go to stderr."""
+    """Prints on rank 0 only; errors go to stderr. A quiet console prints errors only (for a caller that
+    reports the outcome in its own words, such as fine-tuning's validation each epoch)."""
 
-    def __init__(self, is_main: bool):
+    def __init__(self, is_main: bool, quiet: bool = False):
         self.is_main = is_main
+        self.quiet = quiet
 
     def say(self, text: str = '', **kwargs) -> None:
-        if self.is_main:
+        if self.is_main and not self.quiet:
             print(text, **kwargs)
 
     def section(self, text: Optional[str]) -> None:

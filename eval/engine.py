@@ -211,7 +211,7 @@ def flop_summary(config: RunConfig, model: torch.nn.Module) -> dict:
 def score(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: DistContext) -> ShardReport:
     """Phase 3: this rank's share of the videos, each appended to the store as it finishes."""
     return score_shard(ctx, prepared.store, prepared.plan, model, prepared.records, config,
-                       progress=ctx.is_main and not config.request.no_progress,
+                       progress=ctx.is_main and not (config.request.no_progress or config.request.quiet),
                        progress_desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)
 
 
@@ -304,9 +304,8 @@ def fail_together(ctx: DistContext, error: Optional[str]) -> None:
         raise RunError('\nerror: '.join(lines) if ctx.is_main else '')
 
 
-def run_phases(request: RunRequest, ctx: DistContext) -> int:
+def run_phases(request: RunRequest, ctx: DistContext, console: Console) -> int:
     started = time.time()
-    console = Console(ctx.is_main)
     config, model, notes = resolve(request, ctx)
     prepared = prepare(config, model, ctx)
     print_header(console, config, prepared, notes, ctx)
@@ -320,7 +319,7 @@ def run_phases(request: RunRequest, ctx: DistContext) -> int:
 
 
 def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], dist_timeout: float,
-            ctx: Optional[DistContext] = None) -> int:
+            ctx: Optional[DistContext] = None, quiet: bool = False) -> int:
     """Run ``body(ctx, console)`` on every rank under the engine's exit statuses: its return value, a RunError's
     code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
     the engine (scoring, feature extraction) runs through here."""
@@ -328,7 +327,7 @@ def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], 
     if own:
         use_cuda = None if device is None else device.startswith('cuda')
         ctx = init_distributed(dist_timeout, use_cuda=use_cuda)
-    console = Console(ctx.is_main)
+    console = Console(ctx.is_main, quiet)
     try:
         return body(ctx, console)
     except RunError as e:
@@ -347,5 +346,5 @@ def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
     """Run a benchmark; returns the exit status (errors are printed, never raised)."""
     def body(ctx: DistContext, console: Console) -> int:
         with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
-            return run_phases(request, ctx)
-    return run_job(body, request.device, request.dist_timeout, ctx)
+            return run_phases(request, ctx, console)
+    return run_job(body, request.device, request.dist_timeout, ctx, quiet=request.quiet)

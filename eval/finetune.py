@@ -395,23 +395,24 @@ class Trainer:
         if self.ctx.is_main and os.path.isdir(out):
             shutil.rmtree(out)
         self.ctx.barrier('clearing the validation folder')
-        code, summary = self.evaluate(os.path.join(self.config.out, LAST), '1x1', out)
+        code, summary = self.evaluate(os.path.join(self.config.out, LAST), '1x1', out, quiet=True)
         if code != 0 or summary is None:
             self.console.say(f'warning: validation of epoch {epoch + 1} failed (exit status {code}); see {out}')
             return None, None
         metrics = summary['metrics']
         return metrics.get('top1'), metrics.get('top5')
 
-    def evaluate(self, checkpoint: str, views: Optional[str], out: str):
+    def evaluate(self, checkpoint: str, views: Optional[str], out: str, quiet: bool = False):
         """(exit status, summary) of the engine on the validation/test data with a saved checkpoint. The
-        engine seeds the global generators; they are put back, so evaluating never changes training."""
+        engine seeds the global generators; they are put back, so evaluating never changes training. Quiet:
+        the engine prints errors only (each epoch's validation is reported in the epoch's line)."""
         config = self.config
         request = RunRequest(
             benchmark=config.benchmark, model=config.model, data=config.val_data, annotations=config.val_annotations,
             split=config.split, views=views, checkpoint=checkpoint, batch_size=config.eval_batch_size,
             workers=config.workers, device=config.device, seed=config.seed, max_failed=1.0,
             dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress,
-            command=f'eval.finetune evaluation of {checkpoint}')
+            quiet=quiet, command=f'eval.finetune evaluation of {checkpoint}')
         rng = capture_rng()
         code = run_engine(request, self.ctx)     # builds its own model from the file; ours is untouched
         restore_rng(rng)

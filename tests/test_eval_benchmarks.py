@@ -94,6 +94,22 @@ def test_csv_whose_videos_are_all_missing_exits_1_with_outputs_written(tmp_path,
     assert 'no video found under' in failures[0]['reason']
 
 
+
+def test_a_quiet_run_prints_errors_only(seed_layout, tmp_path, capsys):
+    """What fine-tuning's validation each epoch uses: the same run and files, no header or outcome lines."""
+    import eval.engine
+    from eval.config import RunRequest
+    request = dict(model='tiny_video_net', random_weights=True, views='1x2', batch_size=2, workers=0,
+                   no_flops=True, quiet=True)
+    code = eval.engine.run(RunRequest(data=str(seed_layout), out=str(tmp_path / 'run'), **request))
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out == '' and captured.err == ''
+    assert json.load(open(tmp_path / 'run' / 'summary.json'))['counts']['scored'] == 3
+    (tmp_path / 'empty').mkdir()
+    code = eval.engine.run(RunRequest(data=str(tmp_path / 'empty'), out=str(tmp_path / 'run2'), **request))
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == '' and 'no video found' in captured.err
+
 # ------------------------------------------------------------------------------------ exit status
 
 @pytest.fixture(scope='module')
