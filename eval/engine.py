@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 import zoo
+from zoo.heap import keep_freed_memory
 
 from .benchmarks import Benchmark, get_benchmark
 from .config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
@@ -322,7 +323,9 @@ def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], 
             ctx: Optional[DistContext] = None, quiet: bool = False) -> int:
     """Run ``body(ctx, console)`` on every rank under the engine's exit statuses: its return value, a RunError's
     code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
-    the engine (scoring, feature extraction) runs through here."""
+    the engine (scoring, feature extraction, fine-tuning) runs through here, with the heap set to keep freed
+    memory (zoo.heap: large activations reuse mapped pages instead of faulting them in on every batch)."""
+    keep_freed_memory()
     own = ctx is None
     if own:
         use_cuda = None if device is None else device.startswith('cuda')

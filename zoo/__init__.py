@@ -9,6 +9,7 @@ from ._pretrained import VideoPretrainedCfg, kinetics400_class_names
 from ._registry import (get_pretrained_cfg, is_model, list_models, list_modules, model_entrypoint,
                         register_model)
 from .inflate import inflate_conv_weight, inflate_state_dict, InflationReport
+from .heap import keep_freed_memory
 from .resnet3d import ResNet3D, ResNet3DSpec, NonLocalBlock3d, Bottleneck3d, AffineChannel3d
 from . import video_nonlocal_net  # noqa: F401  (registers the entries)
 from . import inception_i3d  # noqa: F401

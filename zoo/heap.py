@@ -1,0 +1,50 @@
+"""How this process's C heap serves the large, short-lived buffers of a 3D ConvNet on CPU.
+
+A forward pass of I3D-R50 over 10 crops of 16x224x224 allocates activations of up to 320 MB, and frees them
+a few milliseconds later. glibc's malloc serves every block over 32 MB with a fresh ``mmap`` and returns it
+with ``munmap`` when freed, so each forward pass touches every page of every large activation for the first
+time again: 353,000 page faults per forward pass, which took it from 0.81 s to 1.26 s on the 2-core AMD EPYC
+we measured (benchmarks/bench_features.py, "network alone" line). Caching allocators (jemalloc, tcmalloc, PyTorch's own
+on CUDA) avoid this; PyTorch's CPU performance guide suggests preloading one. Without
+requiring a system library, ``keep_freed_memory`` gets the same effect from glibc: large blocks come from
+the heap (mmap off) and freed memory stays with the process (trimming off), so the next forward pass
+reuses pages already mapped. Results are bit-identical; the cost is that the process keeps its peak heap
+until it exits, which a long extraction, evaluation or training run reaches on its first batch anyway.
+
+The command-line jobs (``eval.engine.run_job``: evaluation, feature extraction, fine-tuning) call it at
+start; from Python, call it yourself before a long loop. ``ZOO_KEEP_HEAP=0`` turns it off.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+ENV = 'ZOO_KEEP_HEAP'
+_M_TRIM_THRESHOLD = -1      # glibc malloc.h
+_M_MMAP_MAX = -4
+_INT_MAX = 2 ** 31 - 1      # mallopt takes an int: the largest trim threshold it accepts (2 GiB)
+
+_applied = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of mapping and unmapping each large buffer.
+
+    Returns True when the setting is in effect (now or from an earlier call); False on a C library other than
+    glibc (macOS, musl: nothing to do or no such control) or when ``ZOO_KEEP_HEAP=0``. Process-wide and
+    not undone; children forked later (data-loader workers) inherit it.
+    """
+    global _applied
+    if _applied:
+        return True
+    if os.environ.get(ENV, '1').strip() == '0' or platform.libc_ver()[0] != 'glibc':
+        return False
+    name = ctypes.util.find_library('c')
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    # mallopt returns 1 on success; set trimming first so that no block is returned between the two calls.
+    _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
+    return _applied
