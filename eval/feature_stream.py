@@ -218,27 +218,24 @@ def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop
     (row b * C + j is snippet b, crop j), channels_last_3d in memory.
 
     Pixels become ``(x - mean) / std`` in float32 (for [-1, 1]: (x - 127.5) / 127.5, the correctly rounded
-    value of x * 2 / 255 - 1); zero frames are zero after that scaling.
+    value of x * 2 / 255 - 1); zero frames are zero after that scaling. The scaling and the mirroring run
+    once over the snippets' frames (5.8x fewer pixels than 10 crops of 224 from 340x256), and each crop is
+    copied once, straight into its place in the batch.
     """
-    width = frames.shape[2]
-    gather = rows.clamp(min=0)
-    views = []
-    for crop in crops:
-        if crop.mirrored:   # the box is in the mirrored frame: the original columns W - left - c .. W - left
-            left = width - crop.left - crop.size
-            region = frames[:, crop.top:crop.top + crop.size, left:left + crop.size].flip(2)
-        else:
-            region = frames[:, crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
-        views.append(region[gather])                          # (B, S, c, c, 3)
-    x = torch.stack(views, dim=1).flatten(0, 1)               # (B * C, S, c, c, 3)
-    x = x.permute(0, 4, 1, 2, 3).float()                      # channels innermost: channels_last_3d
-    x = x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1))
-    x = x.div_(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1))
-    zero = (rows == ZERO_FRAME)
+    b, s = rows.shape
+    zero = rows == ZERO_FRAME
+    src = frames.float()[rows.clamp(min=0)]                             # (B, S, H, W, 3)
+    src.sub_(torch.tensor(mean, dtype=torch.float32, device=src.device))
+    src.div_(torch.tensor(std, dtype=torch.float32, device=src.device))
     if bool(zero.any()):
-        mask = zero.repeat_interleave(len(crops), dim=0).view(x.shape[0], 1, x.shape[2], 1, 1)
-        x = x.masked_fill_(mask, 0.0)
-    return x
+        src[zero] = 0.0
+    mirrored = src.flip(3) if any(crop.mirrored for crop in crops) else None
+    size = crops[0].size
+    out = torch.empty((b, len(crops), s, size, size, 3), dtype=torch.float32, device=src.device)
+    for j, crop in enumerate(crops):
+        source = mirrored if crop.mirrored else src    # a mirrored crop's box is in the mirrored frame
+        out[:, j] = source[:, :, crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
+    return out.flatten(0, 1).permute(0, 4, 1, 2, 3)                     # channels innermost: channels_last_3d
 
 
 RESNET_STAGE_ALIASES = {'res2': 'layer1', 'res3': 'layer2', 'res4': 'layer3', 'res5': 'layer4'}
