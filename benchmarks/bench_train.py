@@ -8,7 +8,8 @@ checkpointing: the best time of one training step (forward, loss, backward, Nest
 clips normalised as eval.finetune does, BN as eval.finetune's default for this batch) and the peak memory
 of training. Each configuration runs in its own process, so that peak memory on the CPU (the process's
 maximum resident set, less what it held before the first step) belongs to that configuration alone; on a
-GPU it is torch.cuda.max_memory_allocated. Ratios are within one run: on a shared machine only they mean
+GPU it is torch.cuda.max_memory_allocated. Each process sets the heap as eval.finetune does (zoo.heap); ``--heap
+both`` measures every configuration with glibc's default heap too. Ratios are within one run: on a shared machine only they mean
 something. The data pipeline is not timed here (benchmarks/bench_data.py times decoding).
 """
 from __future__ import annotations
@@ -37,9 +38,12 @@ def current_rss_bytes() -> int:
 
 
 def measure(model_name: str, size: str, batch: int, precision: str, checkpointing: bool, device: torch.device,
-            repeats: int) -> dict:
-    """One configuration, in this process: seconds per step (best of ``repeats`` after a warm-up) and memory."""
+            repeats: int, heap: str = 'kept') -> dict:
+    """One configuration, in this process: seconds per step (best of ``repeats`` after a warm-up) and memory.
+    ``heap``: 'kept' as eval.finetune runs (zoo.heap), or 'default' (glibc's malloc as it starts)."""
     import zoo
+    if heap == 'kept':
+        zoo.keep_freed_memory()
     from eval import recipe as rc
     from eval.runner import ViewNormalizer
     frames, crop = (int(v) for v in size.split('x'))
@@ -74,39 +78,41 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {'model': model_name, 'size': size, 'batch': batch, 'precision': precision,
-            'grad_checkpointing': checkpointing, 'bn': bn, 'seconds_per_step': seconds,
+            'grad_checkpointing': checkpointing, 'bn': bn, 'heap': heap, 'seconds_per_step': seconds,
             'clips_per_s': batch / seconds, 'peak_memory_mb': peak / 2 ** 20, 'loss': loss,
             'memory_kind': 'cuda max_memory_allocated' if device.type == 'cuda' else 'max RSS - RSS before the first step'}
 
 
-def run_one_in_subprocess(args, size: str, precision: str, checkpointing: bool) -> dict:
+def run_one_in_subprocess(args, size: str, precision: str, checkpointing: bool, heap: str) -> dict:
     command = [sys.executable, os.path.abspath(__file__), '--one', '--model', args.model, '--sizes', size,
                '--batch', str(args.batch), '--precisions', precision, '--device', args.device,
-               '--repeats', str(args.repeats)] + (['--checkpointing'] if checkpointing else []) + \
+               '--repeats', str(args.repeats), '--heap', heap] + (['--checkpointing'] if checkpointing else []) + \
         (['--threads', str(args.threads)] if args.threads else [])
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
-        return {'size': size, 'precision': precision, 'grad_checkpointing': checkpointing,
+        return {'size': size, 'precision': precision, 'grad_checkpointing': checkpointing, 'heap': heap,
                 'error': proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f'exit {proc.returncode}'}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-HEADER = f'{"size":>7} {"precision":>9} {"checkpointing":>13} {"s/step":>8} {"clips/s":>8} {"vs fp32":>8} ' \
-         f'{"peak MB":>9} {"vs no ckpt":>10}'
+HEADER = f'{"size":>7} {"precision":>9} {"checkpointing":>13} {"heap":>7} {"s/step":>8} {"clips/s":>8} ' \
+         f'{"vs fp32":>8} {"peak MB":>9} {"vs no ckpt":>10}'
 
 
 def format_row(r: dict, results: List[dict]) -> str:
     if 'error' in r:
-        return f'{r["size"]:>7} {r["precision"]:>9} {str(r["grad_checkpointing"]):>13}  failed: {r["error"]}'
-    fp32 = next((x for x in results if x.get('size') == r['size'] and x.get('precision') == 'fp32'
-                 and x.get('grad_checkpointing') == r['grad_checkpointing'] and 'error' not in x), None)
-    plain = next((x for x in results if x.get('size') == r['size'] and x.get('precision') == r['precision']
-                  and not x.get('grad_checkpointing') and 'error' not in x), None)
+        return (f'{r["size"]:>7} {r["precision"]:>9} {str(r["grad_checkpointing"]):>13} {r["heap"]:>7}  '
+                f'failed: {r["error"]}')
+    same = [x for x in results if x.get('size') == r['size'] and x.get('heap') == r['heap'] and 'error' not in x]
+    fp32 = next((x for x in same if x.get('precision') == 'fp32'
+                 and x.get('grad_checkpointing') == r['grad_checkpointing']), None)
+    plain = next((x for x in same if x.get('precision') == r['precision'] and not x.get('grad_checkpointing')), None)
     r['speed_vs_fp32'] = r['clips_per_s'] / fp32['clips_per_s'] if fp32 else None
     r['memory_vs_no_checkpointing'] = r['peak_memory_mb'] / plain['peak_memory_mb'] if plain else None
     vs_fp32 = f'{r["speed_vs_fp32"]:.2f}x' if r['speed_vs_fp32'] else '-'
     vs_plain = f'{r["memory_vs_no_checkpointing"]:.2f}x' if r['memory_vs_no_checkpointing'] else '-'
-    return (f'{r["size"]:>7} {r["precision"]:>9} {str(r["grad_checkpointing"]):>13} {r["seconds_per_step"]:8.3f} '
+    return (f'{r["size"]:>7} {r["precision"]:>9} {str(r["grad_checkpointing"]):>13} {r["heap"]:>7} '
+            f'{r["seconds_per_step"]:8.3f} '
             f'{r["clips_per_s"]:8.3f} {vs_fp32:>8} {r["peak_memory_mb"]:9.0f} {vs_plain:>10}')
 
 
@@ -120,6 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='torch threads per configuration (default: torch\'s own)')
     parser.add_argument('--json', default='bench_train.json')
+    parser.add_argument('--heap', choices=('kept', 'default', 'both'), default='kept',
+                        help='kept: as eval.finetune runs (zoo.heap); default: glibc as it starts; both: each twice')
     parser.add_argument('--checkpointing', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)   # one configuration, JSON out
     args = parser.parse_args(argv)
@@ -129,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     precisions = args.precisions or (['fp32', 'bf16', 'fp16'] if device.type == 'cuda' else ['fp32', 'bf16'])
     if args.one:
         print(json.dumps(measure(args.model, args.sizes[0], args.batch, precisions[0], args.checkpointing, device,
-                                 args.repeats)))
+                                 args.repeats, args.heap)))
         return 0
     load_before = machine_load()
     info = machine_info(device)
@@ -140,8 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for size in args.sizes:
         for precision in precisions:
             for checkpointing in (False, True):
-                results.append(run_one_in_subprocess(args, size, precision, checkpointing))
-                print(format_row(results[-1], results), flush=True)
+                for heap in (('default', 'kept') if args.heap == 'both' else (args.heap,)):
+                    results.append(run_one_in_subprocess(args, size, precision, checkpointing, heap))
+                    print(format_row(results[-1], results), flush=True)
     write_report(args.json, {'machine': info, 'results': results}, load_before)
     return 0
 
