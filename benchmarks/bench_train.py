@@ -8,9 +8,10 @@ checkpointing: the best time of one training step (forward, loss, backward, Nest
 clips normalised as eval.finetune does, BN as eval.finetune's default for this batch) and the peak memory
 of training. Each configuration runs in its own process, so that peak memory on the CPU (the process's
 maximum resident set, less what it held before the first step) belongs to that configuration alone; on a
-GPU it is torch.cuda.max_memory_allocated. Each process sets the heap as eval.finetune does (zoo.heap); ``--heap
-both`` measures every configuration with glibc's default heap too. Ratios are within one run: on a shared machine only they mean
-something. The data pipeline is not timed here (benchmarks/bench_data.py times decoding).
+GPU it is torch.cuda.max_memory_allocated. Every configuration runs twice: with glibc's default heap and with
+the heap kept (zoo.heap; eval.finetune keeps it unless --grad-checkpointing); ``--heap`` picks one. Ratios
+are within one run: on a shared machine only they mean something. The data pipeline is not timed here
+(benchmarks/bench_data.py times decoding).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def current_rss_bytes() -> int:
 def measure(model_name: str, size: str, batch: int, precision: str, checkpointing: bool, device: torch.device,
             repeats: int, heap: str = 'kept') -> dict:
     """One configuration, in this process: seconds per step (best of ``repeats`` after a warm-up) and memory.
-    ``heap``: 'kept' as eval.finetune runs (zoo.heap), or 'default' (glibc's malloc as it starts)."""
+    ``heap``: 'kept' (zoo.heap) or 'default' (glibc's malloc as it starts)."""
     import zoo
     if heap == 'kept':
         zoo.keep_freed_memory()
@@ -126,8 +127,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='torch threads per configuration (default: torch\'s own)')
     parser.add_argument('--json', default='bench_train.json')
-    parser.add_argument('--heap', choices=('kept', 'default', 'both'), default='kept',
-                        help='kept: as eval.finetune runs (zoo.heap); default: glibc as it starts; both: each twice')
+    parser.add_argument('--heap', choices=('kept', 'default', 'both'), default='both',
+                        help='kept: zoo.heap (eval.finetune\'s, except with --grad-checkpointing); default: glibc '
+                             'as it starts; both (default): each configuration twice')
     parser.add_argument('--checkpointing', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)   # one configuration, JSON out
     args = parser.parse_args(argv)

@@ -545,7 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.pretrained = args.pretrained or bool(args.weights_file)
-    return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout)
+    # The kept heap (zoo.heap) makes a CPU training step ~1.4x faster for ~40% more peak memory: not with
+    # --grad-checkpointing, whose point is memory (it would use more than a plain run on the default heap).
+    return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout,
+                   keep_heap=not args.grad_checkpointing)
 
 
 if __name__ == '__main__':

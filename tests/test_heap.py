@@ -52,17 +52,21 @@ def probe(mode, **env):
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='a setting of glibc malloc')
 
 
+def check_kept_against_default(mode):
+    """The default heap faults in at least one 51 MB activation per pass (in practice ~9); the kept heap avoids
+    at least 90% of that (in practice all, once in a while one late growth of the heap: < 2 activations)."""
+    kept, faults = probe(mode, ZOO_KEEP_HEAP='1')
+    default, default_faults = probe(mode, ZOO_KEEP_HEAP='0')
+    assert kept and not default
+    assert default_faults > 5 * ACTIVATION_PAGES
+    assert faults < default_faults / 10, (faults, default_faults)
+
+
 @glibc_only
 def test_a_kept_heap_reuses_pages_where_the_default_faults_them_in_on_every_pass():
-    kept, faults = probe('direct', ZOO_KEEP_HEAP='1')
-    assert kept and faults < ACTIVATION_PAGES // 10                  # 5 passes: next to nothing
-    default, default_faults = probe('direct', ZOO_KEEP_HEAP='0')
-    assert not default and default_faults > 5 * ACTIVATION_PAGES     # >= one 51 MB buffer per pass, mapped anew
+    check_kept_against_default('direct')
 
 
 @glibc_only
 def test_every_engine_job_runs_with_the_heap_kept():
-    kept, faults = probe('job', ZOO_KEEP_HEAP='1')
-    assert kept and faults < ACTIVATION_PAGES // 10
-    default, _ = probe('job', ZOO_KEEP_HEAP='0')
-    assert not default
+    check_kept_against_default('job')
