@@ -26,6 +26,7 @@ setup(
         'simplejpeg',       # exact JPEG decoding, ~2.4x PIL here; PIL is the fallback
     ],
     extras_require={
-        'test': ['pytest>=7'],
+        'hdf5': ['h5py'],   # eval.features --hdf5
+        'test': ['pytest>=7', 'h5py'],
     },
 )

@@ -83,24 +83,22 @@ def verify_file(path: PathLike, sha256: Optional[str] = None, size: Optional[int
 # ------------------------------------------------------------------------------------------- atomic writes
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None,
-                 newline: Optional[str] = None) -> Iterator:
-    """Open a temporary file beside ``path`` for writing; on success it is flushed, fsynced and renamed onto
-    ``path`` (and the folder entry fsynced), so readers see the old file or the whole new one, never a part
-    of it. On an exception the temporary file is removed and ``path`` is left as it was.
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """A temporary file name beside ``path`` for a writer that takes a name (h5py, a subprocess). On success
+    the file is fsynced and renamed onto ``path`` (and the folder entry fsynced), so readers see the old file
+    or the whole new one, never a part of it. On an exception the temporary file is removed and ``path`` is
+    left as it was. The one rule for writing a file atomically: ``atomic_write`` is built on it.
     """
-    if mode not in ('w', 'wb'):
-        raise ValueError(f"atomic_write writes a whole new file: mode must be 'w' or 'wb', got {mode!r}")
     path = pathlib.Path(path)
     # unique per writer, so two processes writing the same path never share a temporary file
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have, so a cache shared
         # between users stays readable
         os.chmod(tmp, 0o666 & ~_current_umask())
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -108,6 +106,20 @@ def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = Non
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None,
+                 newline: Optional[str] = None) -> Iterator:
+    """Open a temporary file beside ``path`` for writing; on success it is flushed, fsynced and renamed onto
+    ``path`` (``atomic_path``), so readers see the old file or the whole new one, never a part of it. On an
+    exception the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ('w', 'wb'):
+        raise ValueError(f"atomic_write writes a whole new file: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as f:
+            yield f
 
 
 def _current_umask() -> int:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from converters.files import atomic_write, sha256_file
+from converters.files import atomic_path, atomic_write, sha256_file
 
 from .feature_presets import FeatureSettings
 from .store import MANIFEST  # noqa: F401  (the run's manifest: eval.store's rule, re-exported for features)
@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 INDEX = 'index.json'
 FAILED = 'failed'            # <out>/failed/<stem>.json: a video that could not be extracted, and why
 ARRAY_FORMATS = ('npy', 'npz')
+HDF5 = 'features.h5'          # --hdf5: the whole run in one file, assembled from the per-video files
 
 
 def to_json(value, indent: int = 0) -> str:
@@ -210,6 +211,43 @@ def index_entry(job, status: str, sidecar: Optional[dict] = None, reason: str = 
     if reason:
         entry['reason'] = reason
     return entry
+
+
+def read_array(path: str) -> np.ndarray:
+    """A feature array file as written by ``array_bytes`` (.npy, or .npz with key 'features')."""
+    with open(path, 'rb') as f:
+        loaded = np.load(f, allow_pickle=False)
+        return loaded['features'] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+
+
+def write_hdf5(out_dir: str, entries: List[dict], run_header: dict) -> int:
+    """``<out>/features.h5``: every finished video of the index ``entries`` in one HDF5 file, written atomically.
+    The per-video files stay the run's durable store (what a resumed run verifies); this file is rebuilt from
+    them at the end of every run. Layout: root attributes ``format_version`` and ``run`` (JSON: preset,
+    model, settings); one group per video, named by its output stem, with dataset ``features`` (the array,
+    the same layout as the .npy), datasets ``first_frame``, ``last_frame``, ``start_seconds``,
+    ``end_seconds`` (one value per snippet) and attributes ``id``, ``path``, ``fps``, ``frames``, ``layout``
+    and ``sidecar`` (the whole sidecar JSON). Returns the number of videos in it."""
+    import h5py
+    finished = [e for e in entries if 'array' in e]
+    with atomic_path(os.path.join(out_dir, HDF5)) as tmp:
+        with h5py.File(tmp, 'w', track_order=True) as h5:
+            h5.attrs['format_version'] = FORMAT_VERSION
+            h5.attrs['run'] = json.dumps(run_header, allow_nan=False)
+            for entry in finished:
+                with open(os.path.join(out_dir, entry['sidecar']), encoding='utf-8') as f:
+                    sidecar = json.load(f)
+                group = h5.create_group(entry['sidecar'][:-len('.json')])
+                group.create_dataset('features', data=read_array(os.path.join(out_dir, entry['array'])))
+                for key in ('first_frame', 'last_frame'):
+                    group.create_dataset(key, data=np.asarray(sidecar['snippets'][key], dtype=np.int64))
+                for key in ('start_seconds', 'end_seconds'):
+                    values = [math.nan if v is None else v for v in sidecar['snippets'][key]]
+                    group.create_dataset(key, data=np.asarray(values, dtype=np.float64))
+                group.attrs.update(id=entry['id'], path=sidecar['video']['path'], frames=sidecar['video']['frames'],
+                                   fps=math.nan if sidecar['video']['fps'] is None else sidecar['video']['fps'],
+                                   layout=sidecar['array']['layout'], sidecar=json.dumps(sidecar, allow_nan=False))
+    return len(finished)
 
 
 # ----------------------------------------------------------------------------------- failed videos

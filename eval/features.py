@@ -16,6 +16,7 @@ whose array matches its sidecar. Presets and their sources: eval/feature_presets
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import socket
 import sys
@@ -32,9 +33,9 @@ from .console import RULE, Console
 from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from .distributed import DistContext, rank_device, shard
 from .engine import RunError, exit_verdict, fail_together, load_model, run_job
-from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, INDEX, MANIFEST, array_bytes, arrange,
+from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
                               build_sidecar, finished_sidecar, identity_sha256, index_entry, record_failure,
-                              recorded_failure, sha256_bytes, write_json, write_video_outputs)
+                              recorded_failure, sha256_bytes, write_hdf5, write_json, write_video_outputs)
 from .feature_presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
 from .feature_stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--naming', choices=('name', 'stem', 'stem_rgb'), help='output file name rule')
     k.add_argument('--layout', choices=('snippets-first', 'channels-first'), help='array axis order')
     p.add_argument('--format', choices=ARRAY_FORMATS, default='npy', help='npy (default) or npz (key "features")')
+    p.add_argument('--hdf5', action='store_true',
+                   help=f'also write the whole run as one HDF5 file, <out>/{HDF5} (needs h5py), assembled from the '
+                        'per-video files at the end of the run; rebuilt by every later run in that folder')
     add_model_flags(p, model_help="a zoo model name (default: the preset's model)")
     p.add_argument('--batch-size', type=int, help='clips per forward pass, rounded down to whole snippets of '
                                                   'all crops, at least one snippet (default: one snippet)')
@@ -221,6 +225,8 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
         raise RunError(str(e)) from e
     if not 0 <= args.max_failed <= 1:
         raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
+    if args.hdf5 and importlib.util.find_spec('h5py') is None:
+        raise RunError('--hdf5 needs h5py, which is not installed: pip install h5py (or this project\'s "hdf5" extra)')
     fail_together(ctx, probe_writable(args.out))                    # before loading anything
     records, data_desc = read_inputs(args.data)
     jobs, missing = make_jobs(records, settings)
@@ -371,18 +377,35 @@ def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], f
                 'command': args.command},
     }
     write_json(os.path.join(args.out, INDEX), index)
+    hdf5 = hdf5_export(args, index, console)
     for f in index['failures'][:10]:
         console.say(f'  {f["status"]} {f["id"]}: {f["reason"]}')
     if len(index['failures']) > 10:
         console.say(f'  ... {len(index["failures"]) - 10} more in {os.path.join(args.out, INDEX)}')
     console.say(f'outputs  {args.out}/ ({finished} videos: <stem>.{args.format} + <stem>.json; {INDEX}, {MANIFEST}'
-                + (f', {FAILED}/' if failures else '') + ')')
+                + (f', {FAILED}/' if failures else '') + (f', {hdf5}' if hdf5 else '') + ')')
     console.say(f'done     {finished} of {total} videos have features ({len(results)} extracted now, '
                 f'{len(plan.done)} earlier, {decode_failed} failed, {refused} refused, {len(run.missing)} missing) '
                 f'in {wall:.1f}s')
     if code:
         console.error(f'{why}; exit status {code}')
     return code
+
+
+def hdf5_export(args, index: dict, console: Console) -> Optional[str]:
+    """``features.h5`` when asked (--hdf5) or when the folder already has one (so that it never describes an
+    older state of the run); its name, or None."""
+    path = os.path.join(args.out, HDF5)
+    if not (args.hdf5 or os.path.exists(path)):
+        return None
+    if importlib.util.find_spec('h5py') is None:
+        console.error(f'{path} was not rebuilt: h5py is not installed, so it is out of date (it lacks this '
+                      'run\'s videos); install h5py and run the command again with --hdf5')
+        return None
+    header = {k: index[k] for k in ('format_version', 'preset', 'model', 'settings', 'network')}
+    count = write_hdf5(args.out, index['videos'], header)
+    console.say(f'hdf5     {path}: {count} videos (one group per video, named by its output stem)')
+    return HDF5
 
 
 def _identity(item):

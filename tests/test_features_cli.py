@@ -230,3 +230,46 @@ def test_snippets_too_short_for_the_model_are_refused_naming_its_minimum(data, t
     code, _, err = in_process(['--model', 'i3d_r50', '--random-weights', '--data', data, '--out', str(tmp_path / 'o'),
                                '--snippet', '4', '--stride', '4', '--threads', '1', '--no-progress'], capsys)
     assert code == 2 and '--snippet 4 / --crop-size 224: i3d_r50 needs clips of at least 7 frames' in err
+
+
+def test_hdf5_holds_every_finished_video_as_its_files_and_is_rebuilt_by_later_runs(data, reference, tmp_path, capsys):
+    h5py = pytest.importorskip('h5py')
+    out = str(tmp_path / 'h5')
+    shutil.copytree(reference, out)                              # a finished run: --hdf5 now only packs it
+    os.remove(os.path.join(out, 'c40.npy'))                      # ... except one video, extracted again
+    code, stdout, err = in_process(feature_args(data, out, '--tail', 'pad', '--hdf5'), capsys)
+    assert code == 0, err
+    assert f'hdf5     {os.path.join(out, "features.h5")}: {len(LENGTHS)} videos' in stdout
+    with h5py.File(os.path.join(out, 'features.h5'), 'r') as h5:
+        assert json.loads(h5.attrs['run'])['settings']['tail'] == 'pad'
+        assert sorted(h5) == sorted(f'c{n}' for n in LENGTHS)
+        for n in LENGTHS:
+            group, sidecar = h5[f'c{n}'], json.load(open(os.path.join(out, f'c{n}.json')))
+            assert np.array_equal(group['features'][()], np.load(os.path.join(reference, f'c{n}.npy')))
+            assert group['features'].dtype == np.float32
+            assert group['first_frame'][()].tolist() == sidecar['snippets']['first_frame']
+            assert group['last_frame'][()].tolist() == sidecar['snippets']['last_frame']
+            assert np.allclose(group['end_seconds'][()], sidecar['snippets']['end_seconds'])
+            assert group.attrs['id'] == f'c{n}' and group.attrs['frames'] == n
+            assert json.loads(group.attrs['sidecar']) == sidecar
+    # a later run in the folder, without --hdf5, does not leave the file describing the older state
+    for name in ('c33.npy', 'c33.json'):
+        os.remove(os.path.join(out, name))
+    with h5py.File(os.path.join(out, 'features.h5'), 'a') as h5:     # the file as it would have been before
+        before = h5['c33/features'][()]
+        del h5['c33']
+    code, _, err = in_process(feature_args(data, out, '--tail', 'pad'), capsys)
+    assert code == 0, err
+    with h5py.File(os.path.join(out, 'features.h5'), 'r') as h5:
+        assert np.array_equal(h5['c33/features'][()], before) and len(h5) == len(LENGTHS)
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+def test_hdf5_without_h5py_is_refused_before_any_work(data, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'h5py' else real(name, *a))
+    out = str(tmp_path / 'o')
+    code, _, err = in_process(feature_args(data, out, '--hdf5'), capsys)
+    assert code == 2 and '--hdf5 needs h5py, which is not installed: pip install h5py' in err
+    assert not sidecars(out)
