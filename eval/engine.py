@@ -326,10 +326,11 @@ def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], 
     the engine (scoring, feature extraction, fine-tuning) runs through here. ``keep_heap``: the heap is set to
     keep freed memory (zoo.heap: large activations reuse mapped pages instead of faulting them in on every
     batch; 1.55x on a 10-crop i3d_r50 forward pass at the same peak memory, 1.4x on a training step at ~40%
-    more, benchmarks/cpu-2core-amd-train.txt)."""
-    if keep_heap:
-        keep_freed_memory()
+    more, benchmarks/cpu-2core-amd-train.txt). Only the job that owns the process decides it: a job run
+    inside another (``ctx`` given: fine-tuning's evaluations) leaves the heap as the outer job set it."""
     own = ctx is None
+    if keep_heap and own:
+        keep_freed_memory()
     if own:
         use_cuda = None if device is None else device.startswith('cuda')
         ctx = init_distributed(dist_timeout, use_cuda=use_cuda)

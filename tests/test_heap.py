@@ -70,3 +70,32 @@ def test_a_kept_heap_reuses_pages_where_the_default_faults_them_in_on_every_pass
 @glibc_only
 def test_every_engine_job_runs_with_the_heap_kept():
     check_kept_against_default('job')
+
+
+# eval.finetune on the tiny registered network (2 steps, validated and tested through the engine), then whether
+# the heap is kept: the outer job decides, and its evaluations (jobs inside it) leave the heap as it set it.
+FINETUNE = '''
+import os, sys, tempfile
+sys.path.insert(0, os.path.join(sys.argv[2], 'tests'))
+import torch
+torch.set_num_threads(1)
+import finetune_test_models
+import eval.finetune, zoo.heap
+root = tempfile.mkdtemp()
+data = finetune_test_models.write_training_set(os.path.join(root, 'data'), [], synthetic=2)
+classes = os.path.join(os.path.dirname(data), 'classes.txt')
+code = eval.finetune.main(['--model', 'tiny_i3d', '--data', data, '--classes', classes, '--val-data', data,
+                           '--out', os.path.join(root, 'out'), '--workers', '0', '--no-progress', '--epochs', '1',
+                           '--batch-size', '1'] + sys.argv[3:])
+print(code, zoo.heap._applied)
+'''
+
+
+@glibc_only
+@pytest.mark.parametrize('extra,kept', [([], True), (['--grad-checkpointing'], False)])
+def test_fine_tuning_keeps_the_heap_unless_it_checkpoints_to_save_memory(extra, kept):
+    result = subprocess.run([sys.executable, '-c', FINETUNE, 'finetune', REPO, *extra], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=REPO, ZOO_KEEP_HEAP='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ['0', str(kept)]
