@@ -213,15 +213,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--peak-seconds', type=float, default=2.0, help='time per peak probe (shape)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', default='bench.json', help='where to write the results')
+    parser.add_argument('--heap', choices=('default', 'kept'), default='default',
+                        help='glibc\'s heap as a process starts (default), or kept as the command-line jobs '
+                             'keep it (zoo.heap); run the script once with each to compare')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
+    if args.heap == 'kept':
+        zoo.keep_freed_memory()
     load = machine_load()
     dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16}
     if device.type == 'cuda':
         dtypes['fp16'] = torch.float16
     peaks = {k: machine_peak(dtype, device, args.peak_seconds) for k, dtype in dtypes.items()}
-    report = BenchReport(machine=machine_info(device), peak=peaks, load_before=load)
+    report = BenchReport(machine=dict(machine_info(device), heap=args.heap), peak=peaks, load_before=load)
     print('machine:', ', '.join(f'{k}={v}' for k, v in report.machine.items()))
     print('machine peak (best probe):', ', '.join(format_peak(p) for p in peaks.values()))
     for p in peaks.values():
