@@ -211,6 +211,24 @@ def build_model(config: FinetuneConfig, device: torch.device) -> torch.nn.Module
     return model.to(device)
 
 
+def check_cpu_bf16(config: FinetuneConfig) -> None:
+    """bf16 on a CPU is refused, before anything is written, for a clip length at which a temporal convolution
+    of the model sees more than one frame but fewer than its kernel (rc.short_clip_bf16_convs: PyTorch's CPU
+    bf16 backward then computes that weight gradient from memory it never wrote)."""
+    if config.precision != 'bf16' or not config.device.startswith('cpu') or config.freeze_backbone:
+        return                          # a frozen backbone computes no convolution weight gradient
+    torch.manual_seed(config.seed)      # the probe's random weights do not matter, only the shapes do
+    probe = zoo.create_model(config.model, num_classes=len(config.classes))
+    found = rc.short_clip_bf16_convs(probe, config.spec.num_frames, config.spec.crop_size)
+    if found:
+        raise RunError(
+            f'--precision bf16 on the CPU with --frames {config.spec.num_frames}: {len(found)} temporal '
+            f'convolution(s) of {config.model} see fewer frames than their kernel: {", ".join(found[:3])}'
+            + (f' and {len(found) - 3} more' if len(found) > 3 else '') + '. PyTorch\'s CPU bfloat16 backward '
+            'computes their weight gradients from uninitialised memory there (NaN or wrong gradients; '
+            'eval/recipe.py short_clip_bf16_convs). Use --precision fp32, or longer clips (--frames).')
+
+
 def checkpoint_cfg_fields(config: FinetuneConfig) -> dict:
     """The config fields saved with last.pth / best.pth: the classes and the clip geometry trained on, and no
     claim of the source checkpoint's Kinetics accuracy. The test scale is the smallest training scale and
@@ -466,6 +484,7 @@ def describe(config: FinetuneConfig, trainer: Trainer, console: Console) -> None
 
 def train_and_test(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
     config = resolve(args, ctx)
+    check_cpu_bf16(config)
     if config.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=config.device.startswith('cuda'))

@@ -136,6 +136,38 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def short_clip_bf16_convs(model: nn.Module, frames: int, crop: int) -> List[str]:
+    """The Conv3d layers of ``model`` whose input, for a ``frames`` x ``crop`` x ``crop`` clip, has more than one
+    frame but fewer than the layer's temporal kernel (e.g. 2 frames into a 3x1x1 convolution).
+
+    There PyTorch's CPU bfloat16 convolution backward (oneDNN; torch 2.15 measured on the AMD EPYC) reads
+    memory it never wrote when it computes the weight gradient: with the heap holding NaNs from earlier work,
+    the gradient was non-finite in 18-37 of 40 trials for T = 2 with a 3-frame kernel and T = 3 or 4 with a
+    5-frame kernel, and never for T = 1 or T >= the kernel, nor in float32. Finite garbage is as likely, so
+    such a run trains on wrong gradients silently. One forward pass in eval mode on zeros, no gradients; every
+    module's train/eval mode is restored."""
+    found: List[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv3d) and module.kernel_size[0] > 1:
+            def hook(mod, inputs, output, name=name):
+                t = inputs[0].shape[2]
+                if 1 < t < mod.kernel_size[0]:
+                    found.append(f'{name} ({t} frames into a {mod.kernel_size[0]}-frame kernel)')
+            hooks.append(module.register_forward_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, frames, crop, crop))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return found
+
+
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """A loss scaler for fp16 (disabled otherwise, so its state dict is saved and restored alike)."""
     return torch.amp.GradScaler(device.type if device.type == 'cuda' else 'cpu', enabled=precision == 'fp16')
