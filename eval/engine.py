@@ -325,8 +325,8 @@ def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], 
     code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
     the engine (scoring, feature extraction, fine-tuning) runs through here. ``keep_heap``: the heap is set to
     keep freed memory (zoo.heap: large activations reuse mapped pages instead of faulting them in on every
-    batch; 1.55x on a 10-crop i3d_r50 forward pass at the same peak memory, 1.4x on a training step at ~40%
-    more, benchmarks/cpu-2core-amd-train.txt). Only the job that owns the process decides it: a job run
+    batch; 1.55x on a 10-crop i3d_r50 forward pass at the same peak memory, 1.4x on a training step for
+    11-39% more, benchmarks/cpu-2core-amd-train.txt). Only the job that owns the process decides it: a job run
     inside another (``ctx`` given: fine-tuning's evaluations) leaves the heap as the outer job set it."""
     own = ctx is None
     if keep_heap and own:

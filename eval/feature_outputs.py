@@ -220,6 +220,12 @@ def read_array(path: str) -> np.ndarray:
         return loaded['features'] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
 
 
+def hdf5_available() -> bool:
+    """Whether ``write_hdf5`` can run (h5py is an optional dependency: the project's 'hdf5' extra)."""
+    import importlib.util
+    return importlib.util.find_spec('h5py') is not None
+
+
 def write_hdf5(out_dir: str, entries: List[dict], run_header: dict) -> int:
     """``<out>/features.h5``: every finished video of the index ``entries`` in one HDF5 file, written atomically.
     The per-video files stay the run's durable store (what a resumed run verifies); this file is rebuilt from

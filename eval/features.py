@@ -16,7 +16,6 @@ whose array matches its sidecar. Presets and their sources: eval/feature_presets
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import socket
 import sys
@@ -34,8 +33,9 @@ from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_fol
 from .distributed import DistContext, rank_device, shard
 from .engine import RunError, exit_verdict, fail_together, load_model, run_job
 from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
-                              build_sidecar, finished_sidecar, identity_sha256, index_entry, record_failure,
-                              recorded_failure, sha256_bytes, write_hdf5, write_json, write_video_outputs)
+                              build_sidecar, finished_sidecar, hdf5_available, identity_sha256, index_entry,
+                              record_failure, recorded_failure, sha256_bytes, write_hdf5, write_json,
+                              write_video_outputs)
 from .feature_presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
 from .feature_stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
@@ -225,7 +225,7 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
         raise RunError(str(e)) from e
     if not 0 <= args.max_failed <= 1:
         raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
-    if args.hdf5 and importlib.util.find_spec('h5py') is None:
+    if args.hdf5 and not hdf5_available():
         raise RunError('--hdf5 needs h5py, which is not installed: pip install h5py (or this project\'s "hdf5" extra)')
     fail_together(ctx, probe_writable(args.out))                    # before loading anything
     records, data_desc = read_inputs(args.data)
@@ -398,7 +398,7 @@ def hdf5_export(args, index: dict, console: Console) -> Optional[str]:
     path = os.path.join(args.out, HDF5)
     if not (args.hdf5 or os.path.exists(path)):
         return None
-    if importlib.util.find_spec('h5py') is None:
+    if not hdf5_available():
         console.error(f'{path} was not rebuilt: h5py is not installed, so it is out of date (it lacks this '
                       'run\'s videos); install h5py and run the command again with --hdf5')
         return None

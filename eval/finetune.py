@@ -211,15 +211,13 @@ def build_model(config: FinetuneConfig, device: torch.device) -> torch.nn.Module
     return model.to(device)
 
 
-def check_cpu_bf16(config: FinetuneConfig) -> None:
+def check_cpu_bf16(config: FinetuneConfig, model: torch.nn.Module) -> None:
     """bf16 on a CPU is refused, before anything is written, for a clip length at which a temporal convolution
     of the model sees more than one frame but fewer than its kernel (rc.short_clip_bf16_convs: PyTorch's CPU
     bf16 backward then computes that weight gradient from memory it never wrote)."""
     if config.precision != 'bf16' or not config.device.startswith('cpu') or config.freeze_backbone:
         return                          # a frozen backbone computes no convolution weight gradient
-    torch.manual_seed(config.seed)      # the probe's random weights do not matter, only the shapes do
-    probe = zoo.create_model(config.model, num_classes=len(config.classes))
-    found = rc.short_clip_bf16_convs(probe, config.spec.num_frames, config.spec.crop_size)
+    found = rc.short_clip_bf16_convs(model, config.spec.num_frames, config.spec.crop_size)
     if found:
         raise RunError(
             f'--precision bf16 on the CPU with --frames {config.spec.num_frames}: {len(found)} temporal '
@@ -246,10 +244,11 @@ class Trainer:
     """One rank's training: the model (DDP-wrapped when distributed), optimizer, schedule, scaler, data and
     the durable state; ``run`` trains the remaining epochs and finishes each."""
 
-    def __init__(self, config: FinetuneConfig, records: Sequence[VideoRecord], ctx: DistContext, console: Console):
+    def __init__(self, config: FinetuneConfig, records: Sequence[VideoRecord], model: torch.nn.Module,
+                 ctx: DistContext, console: Console):
         self.config, self.ctx, self.console = config, ctx, console
         self.device = torch.device(config.device)
-        self.model = build_model(config, self.device)
+        self.model = model
         self.net = self.model
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == 'cuda' else None
@@ -459,8 +458,8 @@ def final_test(trainer: Trainer, console: Console) -> int:
     return code
 
 
-def prepare_out(config: FinetuneConfig, ctx: DistContext) -> None:
-    fail_together(ctx, probe_writable(config.out))
+def claim_out(config: FinetuneConfig, ctx: DistContext) -> None:
+    """--out is tied to this recipe (the first thing written), or refused when it holds another."""
     verdict = check_recipe(config.out, config.recipe()) if ctx.is_main else None
     verdict = ctx.broadcast_from_main(verdict, 'checking the run folder')
     if verdict:
@@ -484,13 +483,15 @@ def describe(config: FinetuneConfig, trainer: Trainer, console: Console) -> None
 
 def train_and_test(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
     config = resolve(args, ctx)
-    check_cpu_bf16(config)
     if config.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=config.device.startswith('cuda'))
-    prepare_out(config, ctx)
+    fail_together(ctx, probe_writable(config.out))            # before loading anything
+    model = build_model(config, torch.device(config.device))
+    check_cpu_bf16(config, model)
+    claim_out(config, ctx)
     records = read_training_records(config, console)
-    trainer = Trainer(config, records, ctx, console)
+    trainer = Trainer(config, records, model, ctx, console)
     describe(config, trainer, console)
     trainer.resume()
     trainer.run()
@@ -564,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.pretrained = args.pretrained or bool(args.weights_file)
-    # The kept heap (zoo.heap) makes a CPU training step ~1.4x faster for ~40% more peak memory: not with
+    # The kept heap (zoo.heap) makes a CPU training step ~1.4x faster for 11-39% more peak memory: not with
     # --grad-checkpointing, whose point is memory (it would use more than a plain run on the default heap).
     return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout,
                    keep_heap=not args.grad_checkpointing)
