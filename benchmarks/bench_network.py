@@ -7,7 +7,7 @@ Network: clips/s of i3d_r50 at 32x224 and 32x256 for each fast-path variant, as 
 float32 baseline (contiguous NCDHW, BatchNorm unfused, no_grad) and as a fraction of the machine's measured
 peak for the same precision (benchmarks/machine.py: the best of a few GEMM shapes and a large 1x1x1
 convolution), with each variant's max relative logit error and top-1 agreement against the baseline. The
-head runs as the runner would run it (eval.runner.model_call_kwargs), and the FLOPs are eval.flops' count
+head runs as the runner would run it (eval.kit.loop.model_call_kwargs), and the FLOPs are eval.kit.flops' count
 of that same head. Data: videos/s of the 3x10 view pipeline against a naive per-view PIL loader
 (benchmarks/bench_data.py). End to end: videos/s of the runner.
 """
@@ -27,8 +27,8 @@ import torch
 import zoo
 from benchmarks.machine import Peak, machine_info, machine_load, machine_peak, write_report
 from benchmarks.timing import best_seconds
-from eval.flops import flop_report
-from eval.runner import model_call_kwargs
+from eval.kit.flops import flop_report
+from eval.kit.loop import model_call_kwargs
 from zoo.inference import prepare_for_inference
 
 

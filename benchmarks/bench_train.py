@@ -46,7 +46,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     if heap == 'kept':
         zoo.keep_freed_memory()
     from eval import recipe as rc
-    from eval.runner import ViewNormalizer
+    from eval.kit.loop import ViewNormalizer
     frames, crop = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
     model = zoo.create_model(model_name, num_classes=101).to(device)

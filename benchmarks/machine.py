@@ -98,7 +98,7 @@ def machine_load() -> Dict[str, object]:
 def write_report(path: str, report: Dict[str, object], load_before: Dict[str, object]) -> None:
     """The run's JSON, with the machine's load before and after it (printed too), written atomically."""
     import json
-    from converters.files import atomic_write
+    from converters.file_io import atomic_write
     report.update(load_before=load_before, load_after=machine_load())
     print('machine load (1/5/15 min) before', load_before, 'after', report['load_after'])
     with atomic_write(path, 'w', encoding='utf-8') as f:

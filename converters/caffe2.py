@@ -6,13 +6,16 @@ command line's body (`main`), run as `python -m zoo.convert_caffe2`, which passe
     python -m zoo.convert_caffe2 --sha256 FILE
 
 Reading lives in caffe2_pickle, the blob-name rule table and model inference in caffe2_mapping. Nothing here
-imports the zoo: what it needs to know about a model (its state dict, its config) is given by the caller.
+imports the zoo: what it needs to know about a model (its state dict, its config) is given by the caller. So
+`python -m converters.caffe2` (the command's old name) converts nothing: it exits 2 naming the command above
+with the arguments it was given.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from .caffe2_mapping import (AMBIGUITY_NOTE, BLOB_RULES, Caffe2MappingError, Che
                              blobs_to_state_dict, caffe2_blob_name, checkpoint_traits, closest_models,
                              matching_models, state_dict_to_blobs, zoo_key)
 from .caffe2_pickle import Caffe2CheckpointError, read_caffe2_blobs
-from .files import atomic_write, cache_root, sha256_file, verify_file
+from .file_io import atomic_write, cache_root, sha256_file, verify_file
 
 __all__ = ['load_pretrained', 'convert_checkpoint', 'ConvertedCheckpoint', 'read_caffe2_blobs',
            'blobs_to_state_dict', 'state_dict_to_blobs', 'zoo_key', 'caffe2_blob_name', 'checkpoint_traits',
@@ -257,3 +260,20 @@ def main(argv: Optional[Sequence[str]], catalog: ModelCatalog) -> int:
         return 2
     return 0
 
+
+def _moved(argv: Sequence[str]) -> int:
+    """`python -m converters.caffe2`: the command line needs the registry's models, which converters never import,
+    so it is zoo.convert_caffe2's; say so with the user's own arguments and fail (help alone exits 0)."""
+    command = shlex.join(['python', '-m', 'zoo.convert_caffe2', *argv])
+    note = ("the converter's command line is python -m zoo.convert_caffe2 "
+            "(converters never import the model registry)")
+    if any(a in ('-h', '--help') for a in argv):
+        print(f'{note}.\n')
+        _parser().print_help()
+        return 0
+    print(f'error: {note}; run:\n  {command}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+    sys.exit(_moved(sys.argv[1:]))

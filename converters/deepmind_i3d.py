@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .download import ChecksumError
-from .files import installed_package_files, verify_file
+from .file_io import installed_package_files, verify_file
 from .safe_unpickle import restricted_load
 
 # The Flax pickle (protocol 4) names exactly three globals to rebuild its arrays: _reconstruct (under its

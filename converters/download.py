@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import requests
 from tqdm import tqdm
 
-from . import files
-from .files import CACHE_ENV, PathLike, checksum_problems, sha256_file  # noqa: F401 (sha256_file: public here too)
+from . import file_io
+from .file_io import CACHE_ENV, PathLike, checksum_problems, sha256_file  # noqa: F401 (sha256_file: public here too)
 
 try:
     import fcntl
@@ -47,7 +47,7 @@ class DownloadError(RuntimeError):
     """A file could not be downloaded: the message names the URL and the HTTP status or the cause."""
 
 
-class ChecksumError(DownloadError, files.ChecksumError):
+class ChecksumError(DownloadError, file_io.ChecksumError):
     """A file's sha256 or size differs from the pinned or recorded one: the message gives both values."""
 
 
@@ -68,8 +68,8 @@ class _NameNotResolved(Exception):
     """The host name of a URL did not resolve; args: the resolver's reason."""
 
 
-# converters.files.cache_root decides the cache; this name is the one this module has always exported.
-cache_dir = files.cache_root
+# converters.file_io.cache_root decides the cache; this name is the one this module has always exported.
+cache_dir = file_io.cache_root
 
 
 def is_offline() -> bool:
@@ -110,7 +110,7 @@ def fetch(url: str, *, filename: Optional[str] = None, sha256: Optional[str] = N
     """
     name = _file_name(url, filename)
     sha256 = _normalise_sha256(sha256)
-    root = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else files.cache_root()) / 'downloads'
+    root = (pathlib.Path(cache_dir).expanduser() if cache_dir is not None else file_io.cache_root()) / 'downloads'
     path = root / name
 
     if path.is_file():
@@ -166,7 +166,7 @@ def _write_record(path: pathlib.Path, sha256: str, size: int, url: str) -> None:
     record = {'sha256': sha256, 'size': size, 'url': url,
               'recorded_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
     # atomic, so a crash or a concurrent writer never leaves half a record
-    with files.atomic_write(_record_path(path), 'w', encoding='utf-8') as f:
+    with file_io.atomic_write(_record_path(path), 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=2)
         f.write('\n')
 
@@ -185,7 +185,7 @@ def _expected(path: pathlib.Path, sha256: Optional[str], size: Optional[int]):
 
 def _verify_cached(path: pathlib.Path, url: str, sha256: Optional[str], size: Optional[int]) -> pathlib.Path:
     expected_sha256, expected_size, source, record = _expected(path, sha256, size)
-    actual_sha256 = files.verify_file(
+    actual_sha256 = file_io.verify_file(
         path, expected_sha256, expected_size, expected_from=source, error=ChecksumError,
         hint=f'It was changed or corrupted after it was downloaded, or the pinned checksum changed. The file was '
              f'left in place; to download it again from {url}, delete {path} and {_record_path(path)}.')
@@ -288,7 +288,7 @@ def _stream_into(part: pathlib.Path, url: str, session: requests.Session, header
     hasher = hashlib.sha256()
     if offset:
         # hashlib's state cannot be saved between runs, so the bytes already on disk are hashed again.
-        files.hash_file_into(hasher, part)
+        file_io.hash_file_into(hasher, part)
         if offset == expected_size:
             return hasher.hexdigest(), offset  # an earlier run got every byte and stopped before verifying
 

@@ -1,7 +1,11 @@
-"""Video benchmarks: multi-view Kinetics testing (python -m eval.kinetics), FLOP reports (python -m eval.flops).
+"""Measuring zoo models on video: three jobs over one kit.
 
-views (which views a video yields) -> decode / datasets (frames of those views) -> runner (model on views)
--> meter (view scores -> video scores, metrics) -> report (files); demo and synthetic supply data anywhere.
-At scale: distributed (torchrun ranks, shards, timed collectives) and store (durable per-video scores,
-manifest) let resumable run a test over many processes and pick it up again after a crash.
+    data/      what every job reads: decoding, benchmark records and presets, test views, snippets, clips
+    kit/       what every job runs on: job runner, run folder and resume, ranks, console, FLOPs, and the
+               benchmark engine (the multi-view test) that scoring and fine-tuning share
+    score/     python -m eval, python -m eval.kinetics: score a model on a benchmark
+    features/  python -m eval.features: per-snippet features of whole data sets
+    finetune/  python -m eval.finetune: train on a benchmark, then test through the engine
+
+Imports flow data -> kit -> jobs; no job imports another (tests/test_import_direction.py).
 """

@@ -7,7 +7,7 @@ Outputs, resume and torchrun work as for ``python -m eval.kinetics`` (see README
 """
 import sys
 
-from .cli import main
+from eval.score.cli import main
 
 if __name__ == '__main__':
     sys.exit(main('python -m eval', __doc__))

@@ -22,7 +22,7 @@ The Kinetics preset of the generic engine (python -m eval --benchmark ...).
 import sys
 from typing import List, Optional
 
-from .cli import main as cli_main
+from eval.score.cli import main as cli_main
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.files import installed_package_files
+from converters.file_io import installed_package_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -58,7 +58,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def write_synthetic_set(root: str, count: int) -> str:
     """``count`` small synthetic clips of different lengths and a ``path label`` list of them; returns the list."""
-    from eval.synthetic import write_synthetic_video
+    from eval.data.synthetic import write_synthetic_video
     os.makedirs(root, exist_ok=True)
     lines = []
     for i in range(count):

@@ -101,5 +101,5 @@ def torchrun_command(nproc: int, args: list) -> list:
 
 
 if __name__ == '__main__':
-    from eval.features import main
+    from eval.features.job import main
     sys.exit(main())

@@ -55,8 +55,8 @@ def write_training_set(root: str, real: list, synthetic: int = 4, height: int = 
     """A ``path label`` list of the real clips (cut to their first ``frames_per_real`` frames, stored small as
     JPEG folders so an epoch decodes in milliseconds) and ``synthetic`` synthetic clips, one class each;
     ``classes.txt`` beside it names the classes. Returns the list's path."""
-    from eval.decode import open_source
-    from eval.synthetic import synthetic_frames, write_frame_folder
+    from eval.data.decode import open_source
+    from eval.data.synthetic import synthetic_frames, write_frame_folder
     os.makedirs(root, exist_ok=True)
     names, lines = [], []
     for path in real:
@@ -66,7 +66,7 @@ def write_training_set(root: str, real: list, synthetic: int = 4, height: int = 
         write_frame_folder(os.path.join(root, name), frames)
         names.append(name)
     for i in range(synthetic):
-        # eval.synthetic's content drifts in colour over time, so a random clip start alone would blur the
+        # eval.data.synthetic's content drifts in colour over time, so a random clip start alone would blur the
         # classes: each synthetic class gets its own fixed tint on top
         frames = synthetic_frames(12 + 4 * i, height, 64, seed=10 + i).astype(np.float32)
         frames *= np.asarray(SYNTHETIC_TINTS[i % len(SYNTHETIC_TINTS)], dtype=np.float32)
@@ -96,5 +96,5 @@ def torchrun_command(nproc: int, args: list) -> list:
 
 
 if __name__ == '__main__':
-    from eval.finetune import main
+    from eval.finetune.job import main
     sys.exit(main())

@@ -13,7 +13,7 @@ from benchmarks.bench_data import bench_data, model_views  # noqa: E402
 from benchmarks.bench_network import bench_network, breakdowns  # noqa: E402
 from benchmarks.machine import PEAK_CONVS, PEAK_GEMMS, conv_name, gemm_name, machine_peak  # noqa: E402
 from benchmarks.timing import best_seconds  # noqa: E402
-from eval.views import ViewSpec  # noqa: E402
+from eval.data.views import ViewSpec  # noqa: E402
 
 CPU = torch.device('cpu')
 

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-import eval.cli
+import eval.score.cli
 import eval.kinetics
-from eval.benchmarks import get_benchmark, hmdb51_classes, read_hmdb51, read_ucf101, ucf101_classes
-from eval.datasets import DataNotFound, LabelMap, read_dataset
-from eval.synthetic import synthetic_frames, write_frame_folder, write_synthetic_video
+from eval.data.presets import get_benchmark, hmdb51_classes, read_hmdb51, read_ucf101, ucf101_classes
+from eval.data.records import DataNotFound, LabelMap, read_dataset
+from eval.data.synthetic import synthetic_frames, write_frame_folder, write_synthetic_video
 from eval_test_models import NUM_CLASSES
 
 TINY = ['--model', 'tiny_video_net', '--random-weights', '--views', '1x2', '--batch-size', '2', '--workers', '0',
@@ -28,7 +28,7 @@ def run(argv, capsys, front_end=eval.kinetics.main):
 
 
 def generic(argv):
-    return eval.cli.main('python -m eval', 'test', argv)
+    return eval.score.cli.main('python -m eval', 'test', argv)
 
 
 def clip(path, seed=0, frames=12):
@@ -97,16 +97,16 @@ def test_csv_whose_videos_are_all_missing_exits_1_with_outputs_written(tmp_path,
 
 def test_a_quiet_run_prints_errors_only(seed_layout, tmp_path, capsys):
     """What fine-tuning's validation each epoch uses: the same run and files, no header or outcome lines."""
-    import eval.engine
-    from eval.config import RunRequest
+    import eval.kit.engine
+    from eval.kit.config import RunRequest
     request = dict(model='tiny_video_net', random_weights=True, views='1x2', batch_size=2, workers=0,
                    no_flops=True, quiet=True)
-    code = eval.engine.run(RunRequest(data=str(seed_layout), out=str(tmp_path / 'run'), **request))
+    code = eval.kit.engine.run(RunRequest(data=str(seed_layout), out=str(tmp_path / 'run'), **request))
     captured = capsys.readouterr()
     assert code == 0 and captured.out == '' and captured.err == ''
     assert json.load(open(tmp_path / 'run' / 'summary.json'))['counts']['scored'] == 3
     (tmp_path / 'empty').mkdir()
-    code = eval.engine.run(RunRequest(data=str(tmp_path / 'empty'), out=str(tmp_path / 'run2'), **request))
+    code = eval.kit.engine.run(RunRequest(data=str(tmp_path / 'empty'), out=str(tmp_path / 'run2'), **request))
     captured = capsys.readouterr()
     assert code == 2 and captured.out == '' and 'no video found' in captured.err
 
@@ -197,7 +197,7 @@ def ucf(tmp_path_factory):
     for relative, seed in (('ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi', 0),
                            ('HandstandPushups/v_HandStandPushups_g01_c01.avi', 1), ('YoYo/v_YoYo g01_c02.avi', 2)):
         frames = synthetic_frames(12, 48, 64, seed=seed)
-        from eval.synthetic import write_video
+        from eval.data.synthetic import write_video
         write_video(str(root / relative), frames)     # H.264 in an .avi name: PyAV reads by content
     return root
 

@@ -8,8 +8,8 @@ import pytest
 
 import zoo
 from eval import kinetics
-from eval.datasets import LabelMap, VideoIndex, read_dataset, read_kinetics_csv, read_list_file
-from eval.synthetic import synthetic_frames, write_frame_folder, write_video
+from eval.data.records import LabelMap, VideoIndex, read_dataset, read_kinetics_csv, read_list_file
+from eval.data.synthetic import synthetic_frames, write_frame_folder, write_video
 
 LABELS = LabelMap(zoo.kinetics400_class_names())
 HEADER = ['label', 'youtube_id', 'time_start', 'time_end', 'split', 'is_cc']
@@ -153,7 +153,7 @@ def test_label_spellings_of_different_kinetics_files_map_to_one_class():
 
 
 def test_unlabelled_folder_read_recursively_names_videos_by_relative_path(tmp_path):
-    from eval.datasets import read_unlabelled_folder
+    from eval.data.records import read_unlabelled_folder
     frames = synthetic_frames(4, 24, 32, seed=3)
     write_video(str(tmp_path / 'Abuse' / 'Abuse001_x264.mp4'), frames)
     write_video(str(tmp_path / 'Abuse' / 'deeper' / 'Abuse002_x264.mp4'), frames)

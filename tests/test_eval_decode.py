@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from eval.datasets import MultiViewDataset, VideoRecord, VideoSample
-from eval.decode import FrameFolder, VideoDecodeError, VideoFile, load_views_frames, natural_key, open_source
-from eval.runner import iter_views
-from eval.synthetic import synthetic_frames, write_frame_folder, write_video
-from eval.views import ViewSampler, ViewSpec
+from eval.data.records import MultiViewDataset, VideoRecord, VideoSample
+from eval.data.decode import FrameFolder, VideoDecodeError, VideoFile, load_views_frames, natural_key, open_source
+from eval.kit.loop import iter_views
+from eval.data.synthetic import synthetic_frames, write_frame_folder, write_video
+from eval.data.views import ViewSampler, ViewSpec
 
 SPEC = ViewSpec(num_frames=8, sampling_rate=2, spatial_crops=3, temporal_clips=4, scale=128, crop_size=112)
 
@@ -55,7 +55,7 @@ def test_pixel_tolerance_is_tight_enough_to_catch_an_off_by_one_frame(same_clip_
     idx = sample.plan.clip_frames(0)
     box = sample.plan.boxes[0]
     shifted = synthetic_frames(40, 240, 320, seed=3)[(idx + 1) % 40]
-    from eval.decode import resize_short_side
+    from eval.data.decode import resize_short_side
     from PIL import Image
     shifted = np.stack([resize_short_side(Image.fromarray(f), 128) for f in shifted])
     shifted = shifted[:, box.top:box.top + 112, box.left:box.left + 112].astype(np.float32)

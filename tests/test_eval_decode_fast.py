@@ -1,4 +1,4 @@
-"""The decode fast path (eval.decode.DecodeOptions) against the PIL reference path.
+"""The decode fast path (eval.data.decode.DecodeOptions) against the PIL reference path.
 
 Exact paths must give bit-identical frames; the opt-in approximate ones (JPEG draft, swscale resize) stay
 within the tolerances measured on real footage (mean about 1 grey level of 255). No test times anything.
@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from eval import decode
-from eval.decode import (EXACT, DecodeOptions, FrameFolder, VideoFile, draft_reduction, load_views_frames,
+from eval.data.decode import (EXACT, DecodeOptions, FrameFolder, VideoFile, draft_reduction, load_views_frames,
                          open_source, resize_short_side, set_default_options)
-from eval.synthetic import synthetic_frames, write_frame_folder, write_video
-from eval.views import ViewSampler, ViewSpec
+from eval.data.synthetic import synthetic_frames, write_frame_folder, write_video
+from eval.data.views import ViewSampler, ViewSpec
 
 SPEC = ViewSpec(num_frames=4, sampling_rate=2, spatial_crops=3, temporal_clips=3, scale=64, crop_size=64)
 

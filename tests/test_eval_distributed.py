@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from eval.distributed import shard
-from eval.store import SCORED, ScoreStore
+from eval.kit.distributed import shard
+from eval.kit.store import SCORED, ScoreStore
 from eval_test_models import REPO_ROOT, cli_args, cli_env, python_command, torchrun_command, write_synthetic_set
 
 NUM_VIDEOS = 5      # not a multiple of the 2 ranks on purpose
@@ -106,7 +106,7 @@ def test_a_killed_rank_stops_the_job_with_an_error_naming_it(tmp_path):
 
 HANGING_RANK = '''
 import time
-from eval.distributed import RankFailure, init_distributed
+from eval.kit.distributed import RankFailure, init_distributed
 ctx = init_distributed(timeout_s=3)
 if ctx.rank == 1:
     time.sleep(300)                                  # alive but stuck, e.g. in a decoder

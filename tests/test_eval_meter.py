@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from eval.meter import MultiViewMeter, classification_metrics, mean_class_accuracy, softmax, topk_accuracy
+from eval.kit.meter import MultiViewMeter, classification_metrics, mean_class_accuracy, softmax, topk_accuracy
 
 # Three views of one video over 3 classes, given as log-probabilities so softmax recovers them exactly.
 CONFIDENT = np.log([0.98, 0.01, 0.01])

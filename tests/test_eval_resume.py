@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-import eval.datasets
-import eval.engine
+import eval.data.records
+import eval.kit.engine
 import eval.kinetics
-import eval.resumable
-from eval.datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
-from eval.decode import VideoDecodeError
-from eval.store import FAILED, SCORED, ScoreStore, StoredVideo, decode_records, encode_record
-from eval.views import ViewSampler, ViewSpec
+import eval.kit.shards
+from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
+from eval.data.decode import VideoDecodeError
+from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, decode_records, encode_record
+from eval.data.views import ViewSampler, ViewSpec
 from eval_test_models import REPO_ROOT, cli_args, cli_env, python_command, write_synthetic_set
 
 NUM_VIDEOS = 8
@@ -167,12 +167,12 @@ def test_eager_model_scores_as_the_fast_path(dataset, finished_run, tmp_path, ca
 # ---------------------------------------------------------------------------------------- failures
 
 class FlakyDecoder:
-    """Stands in for eval.decode.load_views_frames: fails the first ``failures`` calls per video, then decodes."""
+    """Stands in for eval.data.decode.load_views_frames: fails the first ``failures`` calls per video, then decodes."""
 
     def __init__(self, failures):
         self.failures = failures
         self.calls = {}
-        self.real = eval.datasets.load_views_frames
+        self.real = eval.data.records.load_views_frames
 
     def __call__(self, source, sampler):
         self.calls[source.path] = self.calls.get(source.path, 0) + 1
@@ -191,7 +191,7 @@ def one_video(dataset):
 
 def test_video_failing_once_is_retried_and_scored(one_video, monkeypatch):
     decoder = FlakyDecoder(failures=1)
-    monkeypatch.setattr(eval.datasets, 'load_views_frames', decoder)
+    monkeypatch.setattr(eval.data.records, 'load_views_frames', decoder)
     item = one_video[0]
     assert isinstance(item, VideoSample) and item.plan.num_views == 2
     assert list(decoder.calls.values()) == [2]
@@ -199,7 +199,7 @@ def test_video_failing_once_is_retried_and_scored(one_video, monkeypatch):
 
 def test_video_failing_twice_is_recorded_failed_with_its_errors(one_video, monkeypatch):
     decoder = FlakyDecoder(failures=2)
-    monkeypatch.setattr(eval.datasets, 'load_views_frames', decoder)
+    monkeypatch.setattr(eval.data.records, 'load_views_frames', decoder)
     item = one_video[0]
     assert isinstance(item, FailedVideo)
     assert item.reason == 'attempt 1: read error #1 | attempt 2: read error #2'
@@ -248,7 +248,7 @@ def test_unwritable_out_is_reported_before_any_work(dataset, tmp_path, capsys, m
 
     def no_model(*args, **kwargs):
         raise AssertionError('the model was loaded although --out is unwritable')
-    monkeypatch.setattr(eval.engine, 'load_model', no_model)
+    monkeypatch.setattr(eval.kit.engine, 'load_model', no_model)
     code, stdout, err = in_process(cli_args('tiny_video_net', dataset, out), capsys)
     assert code == 2 and f'cannot write to --out {out}' in err
     assert 'model ' not in stdout
@@ -257,10 +257,10 @@ def test_unwritable_out_is_reported_before_any_work(dataset, tmp_path, capsys, m
 def test_too_little_free_space_is_reported_before_any_video_is_scored(dataset, tmp_path, capsys, monkeypatch):
     class NearlyFull:
         free = 1000
-    monkeypatch.setattr(eval.resumable.shutil, 'disk_usage', lambda path: NearlyFull)
+    monkeypatch.setattr(eval.kit.shards.shutil, 'disk_usage', lambda path: NearlyFull)
 
     def no_scoring(*args, **kwargs):
         raise AssertionError('videos were scored although the disk is full')
-    monkeypatch.setattr(eval.resumable, 'evaluate', no_scoring)
+    monkeypatch.setattr(eval.kit.shards, 'evaluate', no_scoring)
     code, _, err = in_process(cli_args('tiny_video_net', dataset, str(tmp_path / 'run')), capsys)
     assert code == 2 and 'MiB free' in err and f'scores of {NUM_VIDEOS} videos' in err

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import zoo
-from eval.datasets import VideoRecord, VideoSample
-from eval.runner import ViewNormalizer, evaluate, iter_views, model_call_kwargs
-from eval.synthetic import write_synthetic_video
-from eval.views import CropBox, ViewPlan, ViewSpec
+from eval.data.records import VideoRecord, VideoSample
+from eval.kit.loop import ViewNormalizer, evaluate, iter_views, model_call_kwargs
+from eval.data.synthetic import write_synthetic_video
+from eval.data.views import CropBox, ViewPlan, ViewSpec
 
 
 class TinyVideoNet(torch.nn.Module):

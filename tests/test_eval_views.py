@@ -6,7 +6,7 @@ ScaleTransform resizes the short side; ClipTransformFlex puts crop p at p * ((L 
 import pytest
 
 import zoo
-from eval.views import (CropBox, ViewSampler, ViewSpec, caffe2_clip_start, centre_clip_start, clip_frame_indices,
+from eval.data.views import (CropBox, ViewSampler, ViewSpec, caffe2_clip_start, centre_clip_start, clip_frame_indices,
                         crop_boxes, scaled_size)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.decode import iter_frames, open_source, resize_exact
-from eval.synthetic import synthetic_frames, write_frame_folder, write_synthetic_video
+from eval.data.decode import iter_frames, open_source, resize_exact
+from eval.data.synthetic import synthetic_frames, write_frame_folder, write_synthetic_video
 
 
 @pytest.fixture(scope='module')

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from eval.feature_presets import PRESETS, Resize, output_stem, resolve_settings
-from eval.snippets import ShortVideoError, crop_boxes, last_use, plan_snippets, snippet_count
+from eval.features.presets import PRESETS, Resize, output_stem, resolve_settings
+from eval.data.snippets import ShortVideoError, crop_boxes, last_use, plan_snippets, snippet_count
 
 # (N, drop, pad/loop/zero) snippet counts for 16-frame snippets every 16 frames, worked by hand:
 # drop = floor((N - 16) / 16) + 1, pad = ceil(N / 16)

@@ -1,4 +1,4 @@
-"""Feature extraction from Python (eval.features.extract) on real footage and synthetic clips, checked against
+"""Feature extraction from Python (eval.features.job.extract) on real footage and synthetic clips, checked against
 features computed by hand: frames decoded, resized, cut and pooled here without the extractor's code."""
 import os
 
@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 import zoo
-from eval.config import model_class_names
-from eval.decode import open_source
-from eval.feature_presets import resolve_settings
-from eval.feature_stream import (UnknownLayerError, VideoJob, chunk_crops, normalisation, snippet_batch,
+from eval.kit.config import model_class_names
+from eval.data.decode import open_source
+from eval.features.presets import resolve_settings
+from eval.features.stream import (UnknownLayerError, VideoJob, chunk_crops, normalisation, snippet_batch,
                                  stream_video_checked)
-from eval.features import extract
-from eval.snippets import ShortVideoError
-from eval.synthetic import write_synthetic_video
+from eval.features.job import extract
+from eval.data.snippets import ShortVideoError
+from eval.data.synthetic import write_synthetic_video
 import feature_test_models  # noqa: F401  (registers tiny_feature_net)
 
 # frame counts of the real clips (PyAV decodes every frame; see ../shared/data/kinetics-clips/README.md)
@@ -31,7 +31,7 @@ def real_clips(shared_dir):
 
 
 def decode_by_hand(path):
-    """Every frame as RGB uint8, straight from PyAV (no eval.decode)."""
+    """Every frame as RGB uint8, straight from PyAV (no eval.data.decode)."""
     import av
     with av.open(path) as container:
         return np.stack([f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
@@ -223,7 +223,7 @@ def test_unknown_layer_is_refused_naming_it_and_the_valid_ones(clips):
 
 
 def test_unreadable_video_raises_a_decode_error_naming_why(tmp_path):
-    from eval.decode import VideoDecodeError
+    from eval.data.decode import VideoDecodeError
     bad = tmp_path / 'bad.mp4'
     bad.write_bytes(b'\x00' * 1000)
     with pytest.raises(VideoDecodeError, match='cannot open video'):
@@ -231,7 +231,7 @@ def test_unreadable_video_raises_a_decode_error_naming_why(tmp_path):
 
 
 def test_a_frame_folder_is_read_like_a_video(tmp_path):
-    from eval.synthetic import synthetic_frames, write_frame_folder
+    from eval.data.synthetic import synthetic_frames, write_frame_folder
     folder = write_frame_folder(str(tmp_path / 'clip.v1'), synthetic_frames(40, 40, 48))
     feats, info = extract(tiny_model(), folder, preset='i3d-r50-10crop', stride=20, **SMALL)
     assert feats.shape == (2, 10, 24) and info['snippets']['first_frame'] == [0, 20]

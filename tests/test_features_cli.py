@@ -12,7 +12,7 @@ import pytest
 
 import feature_test_models  # noqa: F401  (registers the tiny models for in-process runs)
 
-from eval.synthetic import write_synthetic_video
+from eval.data.synthetic import write_synthetic_video
 from feature_test_models import REPO_ROOT, feature_args, feature_env, python_command, torchrun_command
 
 LENGTHS = (16, 17, 31, 32, 33, 40)      # one synthetic clip per length: c16.mp4 ...
@@ -35,10 +35,10 @@ def run(args, seconds_per_batch=0.0, check=True, command=python_command):
 
 
 def in_process(args, capsys):
-    """eval.features.main in this process (seconds cheaper than a subprocess; threads left as they are)."""
-    import eval.features
+    """eval.features.job.main in this process (seconds cheaper than a subprocess; threads left as they are)."""
+    import eval.features.job
     i = args.index('--threads')
-    code = eval.features.main(args[:i] + args[i + 2:])
+    code = eval.features.job.main(args[:i] + args[i + 2:])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-import eval.finetune
+import eval.finetune.job
 import zoo
 from eval import recipe as rc
-from eval.config import model_class_names
-from eval.train_state import load_training_state
+from eval.kit.config import model_class_names
+from eval.finetune.state import load_training_state
 from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,
                                   write_training_set)
 
@@ -52,7 +52,7 @@ def base_args(training_set, out, *extra):
 
 
 def finetune(args, capsys=None):
-    code = eval.finetune.main([str(a) for a in args])
+    code = eval.finetune.job.main([str(a) for a in args])
     output = capsys.readouterr() if capsys else None
     return code, output
 
@@ -341,7 +341,7 @@ def test_two_gloo_ranks_give_the_weights_of_one_process_for_the_same_global_batc
 @pytest.fixture(scope='module')
 def ucf(tmp_path_factory):
     """A 3-class UCF-101 layout: classInd.txt, trainlist01.txt (with class indices), testlist01.txt."""
-    from eval.synthetic import synthetic_frames, write_video
+    from eval.data.synthetic import synthetic_frames, write_video
     root = tmp_path_factory.mktemp('ucf')
     lists = root / 'ucfTrainTestlist'
     lists.mkdir()
@@ -381,7 +381,7 @@ def test_bf16_on_the_cpu_is_refused_where_a_temporal_convolution_sees_fewer_fram
             'their kernel: layer3.0.conv1 (2 frames into a 3-frame kernel)') in captured.err
     assert '--precision fp32, or longer clips (--frames)' in captured.err
     assert not out.exists() or not os.listdir(out)
-    import eval.recipe as rc
+    import eval.finetune.recipe as rc
     model = zoo.create_model('tiny_i3d', num_classes=6)
     model.train()
     modes = [m.training for m in model.modules()]

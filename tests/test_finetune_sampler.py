@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.synthetic import synthetic_frames, write_frame_folder
-from eval.train_data import (BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec, draw_crop, draw_flip,
+from eval.data.synthetic import synthetic_frames, write_frame_folder
+from eval.data.train_clips import (BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec, draw_crop, draw_flip,
                              draw_scale, draw_start, epoch_order, load_train_clip, sample_generator)
-from eval.datasets import VideoRecord
-from eval.views import clips_from_starts, scaled_size
+from eval.data.records import VideoRecord
+from eval.data.views import clips_from_starts, scaled_size
 
 DRAWS = 20000
 

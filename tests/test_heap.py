@@ -17,8 +17,8 @@ PROBE = '''
 import resource, sys, torch
 import zoo
 if sys.argv[1] == 'job':
-    import eval.engine
-    assert eval.engine.run_job(lambda ctx, console: 0, 'cpu', 60.0) == 0
+    import eval.kit.engine
+    assert eval.kit.engine.run_job(lambda ctx, console: 0, 'cpu', 60.0) == 0
 else:
     zoo.keep_freed_memory()
 torch.manual_seed(0)
@@ -80,11 +80,11 @@ sys.path.insert(0, os.path.join(sys.argv[2], 'tests'))
 import torch
 torch.set_num_threads(1)
 import finetune_test_models
-import eval.finetune, zoo.heap
+import eval.finetune.job, zoo.heap
 root = tempfile.mkdtemp()
 data = finetune_test_models.write_training_set(os.path.join(root, 'data'), [], synthetic=2)
 classes = os.path.join(os.path.dirname(data), 'classes.txt')
-code = eval.finetune.main(['--model', 'tiny_i3d', '--data', data, '--classes', classes, '--val-data', data,
+code = eval.finetune.job.main(['--model', 'tiny_i3d', '--data', data, '--classes', classes, '--val-data', data,
                            '--out', os.path.join(root, 'out'), '--workers', '0', '--no-progress', '--epochs', '1',
                            '--batch-size', '1'] + sys.argv[3:])
 print(code, zoo.heap._applied)

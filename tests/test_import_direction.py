@@ -28,3 +28,58 @@ def test_no_converter_source_names_zoo_or_eval_in_an_import():
 def test_the_builder_resolves_no_loader_by_name():
     source = (REPO / 'zoo' / '_builder.py').read_text()
     assert 'importlib' not in source and 'converters.caffe2:' not in source
+
+
+# eval/: data -> kit -> jobs. A job folder is one task over the kit; no job imports another, and the shared
+# layers never reach up into a job.
+EVAL_LAYERS = {'data': 0, 'kit': 1}
+EVAL_JOBS = ('score', 'features', 'finetune')
+
+
+def eval_imports():
+    """(importing file, imported eval sub-package) for every eval import in eval/ (function-level ones too)."""
+    import ast
+    edges = []
+    for path in sorted((REPO / 'eval').rglob('*.py')):
+        rel = path.relative_to(REPO / 'eval')
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] if node.level == 0 else ['eval.<relative>']
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.split('.')[0] == 'eval':
+                    edges.append((rel, name))
+    return edges
+
+
+def test_eval_uses_absolute_imports_only():
+    assert [(str(f), n) for f, n in eval_imports() if n == 'eval.<relative>'] == []
+
+
+def test_eval_imports_flow_from_data_through_the_kit_to_the_jobs_and_no_job_imports_another():
+    offenders = []
+    for rel, name in eval_imports():
+        if len(rel.parts) < 2:
+            continue                      # the command modules at eval/'s top (python -m eval, eval.kinetics ...)
+        here, there = rel.parts[0], name.split('.')[1]
+        if there == here:
+            continue
+        if here in EVAL_JOBS and (there in EVAL_LAYERS):
+            continue
+        if here in EVAL_LAYERS and there in EVAL_LAYERS and EVAL_LAYERS[there] < EVAL_LAYERS[here]:
+            continue
+        offenders.append(f'{rel} imports {name}')
+    assert offenders == []
+    folders = {rel.parts[0] for rel, _ in eval_imports() if len(rel.parts) > 1}
+    assert folders <= set(EVAL_LAYERS) | set(EVAL_JOBS)
+
+
+def test_eval_has_no_import_cycle_between_modules():
+    import graphlib
+    graph = {}
+    for rel, name in eval_imports():
+        module = 'eval.' + '.'.join(rel.with_suffix('').parts).replace('.__init__', '')
+        graph.setdefault(module, set()).add(name)
+    graphlib.TopologicalSorter(graph).prepare()     # raises CycleError naming the loop

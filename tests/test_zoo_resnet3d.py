@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from eval.flops import flop_report
+from eval.kit.flops import flop_report
 from zoo.resnet3d import AffineChannel3d, NonLocalBlock3d
 
 

@@ -68,7 +68,7 @@ def save_checkpoint_file(path: str | os.PathLike, state_dict: Dict[str, torch.Te
                          cfg_fields: Optional[Dict[str, Any]] = None) -> None:
     """Write a zoo ``.pth`` that ``create_model(name, checkpoint_path=path)`` loads with its own head size and
     the config fields given (e.g. ``num_classes``, ``class_names``), atomically (a reader never sees a part)."""
-    from converters.files import atomic_write
+    from converters.file_io import atomic_write
     payload = {'state_dict': {k: v.detach().cpu() for k, v in state_dict.items()},
                CHECKPOINT_CFG_KEY: dict(cfg_fields or {})}
     with atomic_write(path) as f:

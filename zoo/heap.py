@@ -13,7 +13,7 @@ until it exits, and blocks that no longer fit a new request raise that peak. For
 same peak (a 10-crop extraction) or 13% more (a 3x10 evaluation); for a training step 11-39% more
 (benchmarks/cpu-2core-amd-train.txt).
 
-The command-line jobs (``eval.engine.run_job``: evaluation, feature extraction, fine-tuning except with
+The command-line jobs (``eval.kit.engine.run_job``: evaluation, feature extraction, fine-tuning except with
 --grad-checkpointing) call it at start; from Python, call it yourself before a long loop.
 ``ZOO_KEEP_HEAP=0`` turns it off.
 """

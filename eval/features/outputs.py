@@ -15,12 +15,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from converters.files import atomic_path, atomic_write, sha256_file
+from converters.file_io import atomic_path, atomic_write, sha256_file
 
-from .feature_presets import FeatureSettings
-from .store import MANIFEST  # noqa: F401  (the run's manifest: eval.store's rule, re-exported for features)
-from .feature_stream import VideoFeatures
-from .snippets import snippet_seconds
+from eval.features.presets import FeatureSettings
+from eval.kit.store import MANIFEST  # noqa: F401  (the run's manifest: eval.kit.store's rule, re-exported for features)
+from eval.features.stream import VideoFeatures
+from eval.data.snippets import snippet_seconds
 
 FORMAT_VERSION = 1
 INDEX = 'index.json'
@@ -155,7 +155,7 @@ def describe_layer(settings: FeatureSettings, model_info: dict) -> dict:
 
 
 def describe_preprocessing(settings: FeatureSettings) -> dict:
-    from .feature_presets import NORMS
+    from eval.features.presets import NORMS
     norm = NORMS.get(settings.norm)
     return {'frames': 'every decoded frame at the native rate' if not settings.fps
             else f'video resampled to {settings.fps:g} fps (frame n = source frame floor(n * source_fps / fps))',

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .decode import VIDEO_EXTENSIONS, VideoDecodeError, load_views_frames, open_source
-from .views import ViewPlan, ViewSampler
+from eval.data.decode import VIDEO_EXTENSIONS, VideoDecodeError, load_views_frames, open_source
+from eval.data.views import ViewPlan, ViewSampler
 
 UNLABELLED = -1
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .datasets import (DataNotFound, LabelMap, VideoRecord, find_annotations, normalise_label, read_class_folders,
+from eval.data.records import (DataNotFound, LabelMap, VideoRecord, find_annotations, normalise_label, read_class_folders,
                        read_dataset, read_list_file, read_unlabelled_folder, video_root)
 
 # (records, description of what was read) from (data, annotations, split, labels)

@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .benchmarks import BENCHMARKS, describe_benchmarks
-from .config import AGGREGATIONS, DEFAULT_MAX_FAILED, RunRequest
-from .distributed import DEFAULT_TIMEOUT_S
-from .engine import run
+from eval.data.presets import BENCHMARKS, describe_benchmarks
+from eval.kit.config import AGGREGATIONS, DEFAULT_MAX_FAILED, RunRequest
+from eval.kit.flags import add_execution_flags, add_model_flags
+from eval.kit.engine import run
 from zoo.inference import PRECISIONS
 
 
@@ -20,14 +20,6 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--max-videos', type=int, help='only the first N listed videos')
 
 
-def add_model_flags(p: argparse.ArgumentParser,
-                    model_help: str = 'a name from zoo.list_models() (default: i3d_r50; demo: see eval.demo)') -> None:
-    p.add_argument('--model', help=model_help)
-    w = p.add_mutually_exclusive_group()
-    w.add_argument('--checkpoint', help='a zoo .pth/.safetensors state dict instead of the pretrained weights')
-    w.add_argument('--weights-file', help='a local copy of the source checkpoint (e.g. the Caffe2 .pkl)')
-    w.add_argument('--random-weights', action='store_true', help='run untrained (pipeline check only)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the initialisation with --random-weights (default 0)')
 
 
 def add_view_flags(p: argparse.ArgumentParser) -> None:
@@ -41,25 +33,6 @@ def add_view_flags(p: argparse.ArgumentParser) -> None:
                    help='per-video score: mean of view softmax (Caffe2, default) or of raw outputs')
 
 
-def add_execution_flags(p: argparse.ArgumentParser) -> None:
-    """Where and how a job over many videos runs, how it treats failures: every engine job has these."""
-    p.add_argument('--workers', type=int,
-                   help='DataLoader decode processes per rank (default: its CPUs - 1, at most 4; 0: in-process)')
-    p.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; under torchrun cuda:LOCAL_RANK)')
-    p.add_argument('--no-fast-path', action='store_true',
-                   help='run the plain eager model instead of the BN-folded channels_last_3d copy')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile the model (inductor, weights frozen: a slow start, then faster; float32 '
-                        'results within ~1e-6 of the eager model)')
-    p.add_argument('--max-failed', type=float, default=DEFAULT_MAX_FAILED,
-                   help=f'fraction of found videos that may fail to decode before the exit status is 1 (default '
-                        f'{DEFAULT_MAX_FAILED:g}; 1 accepts anything). Missing videos are counted apart.')
-    p.add_argument('--retry-failed', action='store_true',
-                   help='on resume, try again the videos an earlier run recorded as failed (default: keep them failed)')
-    p.add_argument('--dist-timeout', type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f'seconds a rank waits for the others at a synchronisation point before the job stops '
-                        f'(default {DEFAULT_TIMEOUT_S:g})')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:

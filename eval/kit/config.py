@@ -18,8 +18,8 @@ import torch
 import zoo
 from zoo.inference import PRECISIONS
 
-from .distributed import DEFAULT_TIMEOUT_S, usable_cpus
-from .views import ViewSpec
+from eval.kit.distributed import DEFAULT_TIMEOUT_S, usable_cpus
+from eval.data.views import ViewSpec
 
 AGGREGATIONS = ('softmax', 'logits')
 DEFAULT_MAX_FAILED = 0.01

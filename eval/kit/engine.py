@@ -23,17 +23,17 @@ import torch
 import zoo
 from zoo.heap import keep_freed_memory
 
-from .benchmarks import Benchmark, get_benchmark
-from .config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
-from .console import Console, print_header, print_outcome, protocol_text
-from .datasets import DataNotFound, LabelMap, VideoRecord, read_list_file
-from .distributed import DistContext, RankFailure, init_distributed, rank_device
-from .flops import count_flops
-from .report import json_safe, metrics_over_annotated, write_run
-from .resumable import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
+from eval.data.presets import Benchmark, get_benchmark
+from eval.kit.config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
+from eval.kit.console import Console, print_header, print_outcome, protocol_text
+from eval.data.records import DataNotFound, LabelMap, VideoRecord, read_list_file
+from eval.kit.distributed import DistContext, RankFailure, init_distributed, rank_device
+from eval.kit.flops import count_flops
+from eval.kit.report import json_safe, metrics_over_annotated, write_run
+from eval.kit.shards import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
                         plan_work, probe_writable, result_from_store, score_shard, weights_fingerprint)
-from .runner import EvalResult
-from .store import ScoreStore, check_run_dir
+from eval.kit.loop import EvalResult
+from eval.kit.store import ScoreStore, check_run_dir
 
 RANDOM_WEIGHTS_NOTE = ('RANDOM WEIGHTS: this model is untrained, so its accuracy means nothing; '
                        'the run only shows the pipeline working.')
@@ -96,7 +96,7 @@ def _head_size(name: str, request: RunRequest, classes: Optional[Tuple[str, ...]
 def _choose_model(request: RunRequest, classes: Optional[Tuple[str, ...]]):
     """(name, model, weights, notes); a benchmark with its own classes needs a head of that size."""
     if request.demo:
-        from .demo import choose_demo_model
+        from eval.data.demo import choose_demo_model
         return choose_demo_model(request.model, load_model)
     name = request.model or 'i3d_r50'
     try:
@@ -144,7 +144,7 @@ def read_records(config: RunConfig, ctx: DistContext) -> Tuple[List[VideoRecord]
     """The benchmark's records (the demo set when no --data), labelled in the run's class list."""
     request, labels = config.request, LabelMap(config.class_names)
     if config.demo:
-        from .demo import build_demo_set
+        from eval.data.demo import build_demo_set
         if not ctx.is_main:       # rank 0 builds the demo set first; the others then find it in the cache
             ctx.barrier('building the demo set')
         list_path, _ = build_demo_set(request.cache_dir)

@@ -1,6 +1,6 @@
 """Videos -> batches of snippet frames -> pooled features: the decoding stream and the network side.
 
-The decoding side streams each video once, front to back (``eval.decode.iter_frames``), resizes each
+The decoding side streams each video once, front to back (``eval.data.decode.iter_frames``), resizes each
 needed frame once, keeps a frame only until the last snippet that needs it is cut, and hands out chunks:
 the distinct frames of a few consecutive snippets and, per snippet, which of them it uses. Memory is a
 few snippets, not the video, so a three-hour UCF-Crime video costs what a ten-second one does.
@@ -17,9 +17,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
-from .feature_presets import NORMS, PRE_LOGITS, FeatureSettings
-from .snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
+from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
+from eval.data.snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def resize_frame(pixels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
         from PIL import Image
         if rule.filter == 'bilinear':
             return resize_short_side(Image.fromarray(pixels), rule.short)      # eval's reference resize
-        from .views import scaled_size
+        from eval.data.views import scaled_size
         h, w = scaled_size(pixels.shape[0], pixels.shape[1], rule.short)
         return resize_exact(pixels, h, w, rule.filter)
     return pixels

@@ -1,7 +1,7 @@
 """Running a model on the views of a dataset: cut views, batch them across videos, feed the meter.
 
 Generic: any model taking (N, 3, T, H, W) and returning class scores, any Dataset yielding VideoSample /
-FailedVideo items (eval.datasets), any ViewSpec. The model's pretrained config supplies the pixel
+FailedVideo items (eval.data.records), any ViewSpec. The model's pretrained config supplies the pixel
 normalisation; the fully-convolutional Caffe2 head is asked for only when the crop is larger than the
 crop the model was trained on (cfg.crop_size). By default the model runs through the exact inference fast
 path (zoo.inference: BatchNorm folded, channels_last_3d) in fp32; reduced precision only when asked.
@@ -17,10 +17,10 @@ import torch
 
 from zoo.inference import PRECISIONS
 
-from .config import fully_conv_head, model_class_names
-from .datasets import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
-from .meter import MultiViewMeter
-from .views import ViewSampler, ViewSpec
+from eval.kit.config import fully_conv_head, model_class_names
+from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
+from eval.kit.meter import MultiViewMeter
+from eval.data.views import ViewSampler, ViewSpec
 
 _AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -72,7 +72,7 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
 
 
 def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
-    """``fully_conv=True`` when eval.config.fully_conv_head says the Caffe2 test head applies."""
+    """``fully_conv=True`` when eval.kit.config.fully_conv_head says the Caffe2 test head applies."""
     return {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop_size) else {}
 
 
@@ -197,7 +197,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
     pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
     ``precision`` 'fp32' (default), 'bf16' or 'fp16'; ``num_classes`` and ``fully_conv`` default to the rules
-    of eval.config for the model's config;
+    of eval.kit.config for the model's config;
     ``fast_path=False`` runs the model as given (eager); ``compile`` wraps it in torch.compile.
     ``on_results`` receives each group of videos as they finish (after every forward pass that completes
     one, and at once for a failure), so a caller can store them durably while the run goes on.

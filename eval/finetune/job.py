@@ -30,20 +30,20 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from converters.files import atomic_write
+from converters.file_io import atomic_write
 
-from . import recipe as rc
-from .benchmarks import BENCHMARKS, get_benchmark
-from .config import RunRequest, clip_size_problem, default_workers, model_class_names, parse_views
-from .console import Console
-from .datasets import LabelMap, VideoRecord
-from .distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
-from .engine import RunError, fail_together, run_job
-from .engine import run as run_engine
-from .resumable import probe_writable
-from .runner import ViewNormalizer
-from .train_data import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
-from .train_state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
+import eval.finetune.recipe as rc
+from eval.data.presets import BENCHMARKS, get_benchmark
+from eval.kit.config import RunRequest, clip_size_problem, default_workers, model_class_names, parse_views
+from eval.kit.console import Console
+from eval.data.records import LabelMap, VideoRecord
+from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
+from eval.kit.engine import RunError, fail_together, run_job
+from eval.kit.engine import run as run_engine
+from eval.kit.shards import probe_writable
+from eval.kit.loop import ViewNormalizer
+from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
+from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
                           load_training_state, restore_rng, save_training_state)
 
 
@@ -224,7 +224,7 @@ def check_cpu_bf16(config: FinetuneConfig, model: torch.nn.Module) -> None:
             f'convolution(s) of {config.model} see fewer frames than their kernel: {", ".join(found[:3])}'
             + (f' and {len(found) - 3} more' if len(found) > 3 else '') + '. PyTorch\'s CPU bfloat16 backward '
             'computes their weight gradients from uninitialised memory there (NaN or wrong gradients; '
-            'eval/recipe.py short_clip_bf16_convs). Use --precision fp32, or longer clips (--frames).')
+            'eval/finetune/recipe.py short_clip_bf16_convs). Use --precision fp32, or longer clips (--frames).')
 
 
 def checkpoint_cfg_fields(config: FinetuneConfig) -> dict:
@@ -570,6 +570,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout,
                    keep_heap=not args.grad_checkpointing)
 
-
-if __name__ == '__main__':
-    sys.exit(main())

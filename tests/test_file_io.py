@@ -1,4 +1,4 @@
-"""converters.files: the one cache root, checksum verification, atomic writes and installed-package files."""
+"""converters.file_io: the one cache root, checksum verification, atomic writes and installed-package files."""
 import hashlib
 import os
 import subprocess
@@ -8,9 +8,9 @@ from importlib import metadata
 import pytest
 
 from converters import download, files
-from converters.files import (ChecksumError, atomic_write, cache_root, installed_package_files, sha256_file,
+from converters.file_io import (ChecksumError, atomic_write, cache_root, installed_package_files, sha256_file,
                               verify_file)
-from eval.demo import demo_dir
+from eval.data.demo import demo_dir
 
 DATA = bytes(range(256)) * 40          # 10 KiB, several chunks at the chunk size used below
 DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
@@ -159,7 +159,7 @@ def test_missing_distribution_raises_package_not_found():
 
 def test_files_module_imports_neither_zoo_nor_eval():
     # converters sits below eval and beside zoo: the shared file helpers must not pull either in
-    code = "import sys, converters.files; print(sorted({m.split('.')[0] for m in sys.modules} & {'zoo', 'eval'}))"
+    code = "import sys, converters.file_io; print(sorted({m.split('.')[0] for m in sys.modules} & {'zoo', 'eval'}))"
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.stdout.strip() == '[]'

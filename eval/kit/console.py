@@ -5,8 +5,8 @@ import sys
 import time
 from typing import List, Optional
 
-from .report import top_classes
-from .views import ViewSpec
+from eval.kit.report import top_classes
+from eval.data.views import ViewSpec
 
 RULE = '-' * 100
 

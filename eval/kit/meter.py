@@ -94,7 +94,7 @@ class MultiViewMeter:
                 self._correct += int(label_ranks(scores, self.labels[[v]])[0] == 0)
 
     def restore(self, video: int, prob_sum: np.ndarray, output_sum: np.ndarray, view_count: int) -> None:
-        """Put back a video's view sums as stored by an earlier run (eval.store), bit for bit."""
+        """Put back a video's view sums as stored by an earlier run (eval.kit.store), bit for bit."""
         self.prob_sum[video] = prob_sum
         self.output_sum[video] = output_sum
         self.view_count[video] = view_count

@@ -1,7 +1,7 @@
 """What makes a fine-tuning run durable: the training checkpoint (model, optimizer, scheduler, scaler, every
 rank's RNG states, the data position), the recipe a resume must match, and the metrics log.
 
-Files are written by rank 0 through converters.files.atomic_write, so a kill -9 leaves the previous
+Files are written by rank 0 through converters.file_io.atomic_write, so a kill -9 leaves the previous
 checkpoint or the new one, never a part. The log is append-only; a resume cuts it back to the checkpoint.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from converters.files import atomic_write
+from converters.file_io import atomic_write
 
-from .store import claim_run_dir
+from eval.kit.store import claim_run_dir
 
 CHECKPOINT = 'checkpoint.pt'
 RECIPE = 'recipe.json'

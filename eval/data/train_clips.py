@@ -3,7 +3,7 @@ in which an epoch visits the videos, split into the micro-batches of each rank.
 
 Every random choice for video i in epoch e is drawn from its own generator, seeded by (seed, e, i), and the
 epoch's order from one seeded by (seed, e): a clip does not depend on the number of DataLoader workers or
-of ranks, and a resumed run draws exactly what the interrupted one would have. Decoding is eval.decode's
+of ranks, and a resumed run draws exactly what the interrupted one would have. Decoding is eval.data.decode's
 (frame folders or PyAV), so training and testing read the same pixels.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .datasets import VideoRecord
-from .decode import VideoDecodeError, open_source
-from .views import clips_from_starts
+from eval.data.records import VideoRecord
+from eval.data.decode import VideoDecodeError, open_source
+from eval.data.views import clips_from_starts
 
 # Caffe2 training jitter (cfg.TRAIN.JITTER_SCALES [256, 320] for the 224 crop, TRAIN.CROP_SIZE 224): the
 # short side is resized to a random scale in this range, then a random square crop is cut.

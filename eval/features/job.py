@@ -11,7 +11,7 @@ From Python: ``feats, info = extract(model, 'clip.mp4', preset='i3d-r50-10crop')
 line). Per video --out gets the array (``<stem>.npy``, named as the preset says) and ``<stem>.json`` (what
 every axis, crop and snippet is); at the end ``index.json`` lists every video and every failure.
 ``manifest.json`` ties --out to one configuration; the same command again resumes, skipping every video
-whose array matches its sidecar. Presets and their sources: eval/feature_presets.py.
+whose array matches its sidecar. Presets and their sources: eval/features/presets.py.
 """
 from __future__ import annotations
 
@@ -26,21 +26,21 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .cli import add_execution_flags, add_model_flags
-from .config import clip_size_problem, default_batch_size, default_workers
-from .console import RULE, Console
-from .datasets import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
-from .distributed import DistContext, rank_device, shard
-from .engine import RunError, exit_verdict, fail_together, load_model, run_job
-from .feature_outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
+from eval.kit.flags import add_execution_flags, add_model_flags
+from eval.kit.config import clip_size_problem, default_batch_size, default_workers
+from eval.kit.console import RULE, Console
+from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
+from eval.kit.distributed import DistContext, rank_device, shard
+from eval.kit.engine import RunError, exit_verdict, fail_together, load_model, run_job
+from eval.features.outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
                               build_sidecar, finished_sidecar, hdf5_available, identity_sha256, index_entry,
                               record_failure, recorded_failure, sha256_bytes, write_hdf5, write_json,
                               write_video_outputs)
-from .feature_presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
-from .feature_stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
+from eval.features.presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
+from eval.features.stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
-from .resumable import probe_writable, weights_fingerprint
-from .store import claim_run_dir
+from eval.kit.shards import probe_writable, weights_fingerprint
+from eval.kit.store import claim_run_dir
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -446,6 +446,3 @@ def extract_share(ctx: DistContext, args, run: FeatureRun, device: torch.device,
     bar.close()
     return results, failures
 
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.files import atomic_write, fsync_dir
+from converters.file_io import atomic_write, fsync_dir
 
 STORE_DIR = 'store'
 MANIFEST = 'manifest.json'

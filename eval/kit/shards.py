@@ -12,12 +12,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .datasets import VideoRecord
-from .distributed import DistContext, shard
-from .meter import MultiViewMeter
-from .runner import EvalResult, Failure, VideoOutcome, evaluate
-from .store import FAILED, SCORED, ScoreStore, StoredVideo, merge, video_keys
-from .views import ViewSpec
+from eval.data.records import VideoRecord
+from eval.kit.distributed import DistContext, shard
+from eval.kit.meter import MultiViewMeter
+from eval.kit.loop import EvalResult, Failure, VideoOutcome, evaluate
+from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, merge, video_keys
+from eval.data.views import ViewSpec
 
 
 # ------------------------------------------------------------------------------------- identities
@@ -143,7 +143,7 @@ def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord
 def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, config, progress: bool = False,
                 progress_desc: Optional[str] = None) -> ShardReport:
     """Score this rank's share, appending every finished video to this rank's store file as it finishes.
-    ``config``: the run's eval.config.RunConfig."""
+    ``config``: the run's eval.kit.config.RunConfig."""
     report = ShardReport(ctx.rank, socket.gethostname(), assigned=len(plan.mine))
     if not plan.mine:
         return report
