@@ -45,7 +45,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     import zoo
     if heap == 'kept':
         zoo.keep_freed_memory()
-    from eval import recipe as rc
+    from eval.finetune import recipe as rc
     from eval.kit.loop import ViewNormalizer
     frames, crop = (int(v) for v in size.split('x'))
     torch.manual_seed(0)

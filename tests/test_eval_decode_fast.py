@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import decode
+from eval.data import decode
 from eval.data.decode import (EXACT, DecodeOptions, FrameFolder, VideoFile, draft_reduction, load_views_frames,
                          open_source, resize_short_side, set_default_options)
 from eval.data.synthetic import synthetic_frames, write_frame_folder, write_video

