@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pytest
 
-from converters import download, files
+from converters import download, file_io
 from converters.file_io import (ChecksumError, atomic_write, cache_root, installed_package_files, sha256_file,
                               verify_file)
 from eval.data.demo import demo_dir
