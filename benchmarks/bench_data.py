@@ -319,6 +319,7 @@ def bench_end_to_end(num_videos: int = 2, model_name: str = 'i3d_r50', views: st
     next video is decoded while the network runs on this one, so the time per video halves.
     """
     from eval.data.records import MultiViewDataset
+    from eval.kit.config import library_config
     from eval.kit.loop import evaluate
     from zoo.inference import prepare_for_inference
 
@@ -330,7 +331,7 @@ def bench_end_to_end(num_videos: int = 2, model_name: str = 'i3d_r50', views: st
     net = prepare_for_inference(zoo.create_model(model_name))
     rows = []
     for w in workers:
-        result = evaluate(net, records, spec, batch_size=batch_size, workers=w, device='cpu', progress=False)
+        result = evaluate(net, records, library_config(net, spec, batch_size=batch_size, workers=w))
         if result.failures:
             raise RuntimeError(f'end-to-end run failed: {result.failures}')
         rows.append({'model': model_name, 'views': spec.name, 'source': source, 'network': 'fast fp32',
@@ -395,6 +396,7 @@ def _overlap_rows(records, spec: ViewSpec, sleep_per_video: float, cfg, verbose:
     import multiprocessing
 
     from eval.data.records import MultiViewDataset
+    from eval.kit.config import library_config
     from eval.kit.loop import evaluate
     records = (records * 4)[:4]   # enough videos for the pipeline to fill
     rows = []
@@ -403,9 +405,9 @@ def _overlap_rows(records, spec: ViewSpec, sleep_per_video: float, cfg, verbose:
         stub = _Sleeper(sleep_per_video / spec.num_views, cfg.num_classes or 400)
         stamps = multiprocessing.Array('d', 2 * len(records), lock=False)
         dataset = _TimedDataset(MultiViewDataset(records, ViewSampler(spec)), stamps)
-        result = evaluate(stub, records, spec, cfg=cfg, batch_size=spec.num_views, workers=w, device='cpu',
-                          progress=False, dataset=dataset,
-                          fast_path=False)   # the fast path would run a copy of the stub, whose calls we would not see
+        # eager: the fast path would run a copy of the stub, whose calls we would not see
+        config = library_config(stub, spec, cfg=cfg, batch_size=spec.num_views, workers=w, no_fast_path=True)
+        result = evaluate(stub, records, config, dataset=dataset)
         decode = [stamps[2 * i + 1] - stamps[2 * i] for i in range(len(records))]
         rows.append({'model': 'sleep stub', 'views': spec.name, 'source': records[0].path,
                      'network': f'{sleep_per_video:.2f} s/video', 'workers': w, 'videos': len(records),

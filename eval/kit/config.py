@@ -99,6 +99,10 @@ class RunConfig:
         return len(self.class_names)
 
     @property
+    def aggregation(self) -> str:
+        return self.request.aggregate
+
+    @property
     def demo(self) -> bool:
         return self.request.demo
 
@@ -179,14 +183,12 @@ def check_request(request: RunRequest) -> None:
 
 def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module, weights: Dict[str, Any],
                    class_names: Optional[Sequence[str]], device: torch.device, local_world_size: int,
-                   stamp: str) -> RunConfig:
-    """The frozen record of the run. ``class_names``: the benchmark's own list (None: the model's)."""
-    cfg = model.pretrained_cfg
+                   stamp: str, cfg=None) -> RunConfig:
+    """The frozen record of the run. ``class_names``: the benchmark's own list (None: the model's); ``cfg``:
+    the pretrained config whose rules apply (default the model's)."""
+    cfg = cfg if cfg is not None else model.pretrained_cfg
     spec = view_spec(cfg, parse_views(request.views) if request.views else None, request.frames,
                      request.rate, request.scale, request.crop)
-    problem = clip_size_problem(model_name, cfg, spec.num_frames, spec.crop_size)
-    if problem:
-        raise ValueError(f'--frames {spec.num_frames} / --crop {spec.crop_size}: {problem}')
     return RunConfig(
         request=request, model_name=model_name, weights=weights, spec=spec,
         fully_conv=fully_conv_head(cfg, spec.crop_size),
@@ -196,3 +198,15 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
         batch_size=request.batch_size or default_batch_size(device),
         workers=request.workers if request.workers is not None else default_workers(local_world_size),
         device=str(device), out_dir=request.out or default_out_dir(model_name, spec, stamp), stamp=stamp)
+
+
+def library_config(model: torch.nn.Module, spec: ViewSpec, *, cfg=None, device='cpu', **flags) -> RunConfig:
+    """The RunConfig of a test run from Python: ``spec``'s views and any RunRequest flag (batch_size, workers,
+    precision, aggregate, fps, no_fast_path, compile...), resolved by the same rules as the command line.
+    No clip-size check: a library caller may run any model on any views."""
+    request = RunRequest(views=spec.name, frames=spec.num_frames, rate=spec.sampling_rate, scale=spec.scale,
+                         crop=spec.crop_size, device=str(device), **flags)
+    cfg = cfg if cfg is not None else model.pretrained_cfg
+    name = getattr(cfg, 'architecture', None) or type(model).__name__
+    weights = {'kind': 'given', 'trained': None, 'source': None}
+    return resolve_config(request, name, model, weights, None, torch.device(device), 1, stamp='', cfg=cfg)

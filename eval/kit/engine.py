@@ -16,36 +16,25 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-import zoo
-from zoo.heap import keep_freed_memory
-
 from eval.data.presets import Benchmark, get_benchmark
-from eval.kit.config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
+from eval.kit.config import (RunConfig, RunRequest, check_request, clip_size_problem, model_num_classes,
+                             resolve_config)
 from eval.kit.console import Console, print_header, print_outcome, protocol_text
-from eval.data.records import DataNotFound, LabelMap, VideoRecord, read_list_file
-from eval.kit.distributed import DistContext, RankFailure, init_distributed, rank_device
+from eval.data.records import LabelMap, VideoRecord, read_list_file
+from eval.kit.distributed import DistContext, rank_device
+from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
 from eval.kit.flops import count_flops
 from eval.kit.report import json_safe, metrics_over_annotated, write_run
-from eval.kit.shards import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
-                        plan_work, probe_writable, result_from_store, score_shard, weights_fingerprint)
+from eval.kit.models import load_model, weights_fingerprint
+from eval.kit.rundir import check_free_space, probe_writable
+from eval.kit.shards import (Plan, ShardReport, build_manifest, collect_on_main, describe_store_counts, plan_work,
+                             result_from_store, score_shard)
 from eval.kit.loop import EvalResult
 from eval.kit.store import ScoreStore, check_run_dir
-
-RANDOM_WEIGHTS_NOTE = ('RANDOM WEIGHTS: this model is untrained, so its accuracy means nothing; '
-                       'the run only shows the pipeline working.')
-
-
-class RunError(Exception):
-    """A run that cannot start (or cannot be trusted): the message names what is wrong; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
 
 @dataclass
 class Prepared:
@@ -55,26 +44,6 @@ class Prepared:
     dataset_desc: str
     store: ScoreStore
     plan: Plan
-
-
-# ------------------------------------------------------------------------------------------- weights
-
-def load_model(name: str, pretrained: bool = True, checkpoint: Optional[str] = None,
-               weights_file: Optional[str] = None, num_classes: Optional[int] = None) -> Tuple[torch.nn.Module, dict]:
-    """A zoo model and a description of the weights it carries (for the summary and the console)."""
-    overlay = {'file': weights_file} if weights_file else None
-    model = zoo.create_model(name, pretrained=pretrained and not checkpoint, checkpoint_path=checkpoint,
-                             pretrained_cfg_overlay=overlay, num_classes=num_classes)
-    cfg = model.pretrained_cfg
-    if checkpoint:
-        weights = {'kind': 'checkpoint', 'trained': True, 'source': os.path.abspath(checkpoint)}
-    elif pretrained:
-        weights = {'kind': 'pretrained', 'trained': True, 'source': cfg.file or cfg.url,
-                   'source_name': cfg.source_name, 'license': cfg.license,
-                   'published_top1': cfg.top1, 'published_top5': cfg.top5}
-    else:
-        weights = {'kind': 'random', 'trained': False, 'source': None, 'note': RANDOM_WEIGHTS_NOTE}
-    return model, weights
 
 
 def _benchmark_classes(request: RunRequest, benchmark: Benchmark) -> Optional[Tuple[str, ...]]:
@@ -99,15 +68,8 @@ def _choose_model(request: RunRequest, classes: Optional[Tuple[str, ...]]):
         from eval.data.demo import choose_demo_model
         return choose_demo_model(request.model, load_model)
     name = request.model or 'i3d_r50'
-    try:
-        num_classes = _head_size(name, request, classes)
-        model, weights = load_model(name, pretrained=not request.random_weights, checkpoint=request.checkpoint,
-                                    weights_file=request.weights_file, num_classes=num_classes)
-    except KeyError as e:
-        raise RunError(str(e.args[0] if e.args else e)) from e
-    except (RuntimeError, NotImplementedError, OSError) as e:
-        raise RunError(f'cannot load weights for {name}: {e}\nuse --checkpoint / --weights-file for local weights, '
-                       'or --random-weights to check the pipeline without them') from e
+    model, weights = load_model(name, pretrained=not request.random_weights, checkpoint=request.checkpoint,
+                                weights_file=request.weights_file, num_classes=_head_size(name, request, classes))
     if classes and model_num_classes(model) != len(classes):
         raise RunError(f'{name} scores {model_num_classes(model)} classes, but {request.benchmark} has '
                        f'{len(classes)}: evaluate a checkpoint fine-tuned on it (--checkpoint), or --random-weights')
@@ -133,6 +95,9 @@ def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.
                                 ctx.local_world_size, stamp)
     except ValueError as e:
         raise RunError(str(e)) from e
+    problem = clip_size_problem(name, model.pretrained_cfg, config.spec.num_frames, config.spec.crop_size)
+    if problem:
+        raise RunError(f'--frames {config.spec.num_frames} / --crop {config.spec.crop_size}: {problem}')
     if not request.out:
         fail_together(ctx, probe_writable(config.out_dir))
     return config, model, notes
@@ -175,13 +140,8 @@ def manifest_of(config: RunConfig, model: torch.nn.Module, records: List[VideoRe
 
 def open_run_dir(config: RunConfig, model: torch.nn.Module, records: List[VideoRecord], ctx: DistContext) -> None:
     """The same configuration as the folder's manifest, or refuse (rank 0 decides, every rank obeys)."""
-    verdict = None
-    if ctx.is_main:
-        manifest = manifest_of(config, model, records)
-        verdict = check_run_dir(config.out_dir, manifest)       # writes the manifest of a new folder
-    verdict = ctx.broadcast_from_main(verdict, 'checking the run directory')
-    if verdict:
-        raise RunError(verdict if ctx.is_main else '')
+    decide_on_main(ctx, lambda: check_run_dir(config.out_dir, manifest_of(config, model, records)),
+                   'checking the run directory')       # check_run_dir writes the manifest of a new folder
 
 
 def prepare(config: RunConfig, model: torch.nn.Module, ctx: DistContext) -> Prepared:
@@ -223,30 +183,6 @@ def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
 
 # ------------------------------------------------------------------------------------------- outputs
 
-def exit_verdict(counts: Dict[str, int], max_failed: float, done: str = 'scored',
-                 record: str = 'failures.csv') -> Tuple[int, str]:
-    """(exit status, why) of a run over listed videos, for every job the engine runs (scoring, features).
-
-    ``counts``: 'scored' (videos with a result, this run or an earlier one), 'decode_failed', 'annotated'
-    (listed) and optionally 'refused' (found and readable but not usable, e.g. too short). Missing and refused
-    videos are counted apart; decode failures may be up to ``max_failed`` of the videos found and tried.
-    ``done`` is the verb of the job's result, ``record`` the file that lists each failure.
-    """
-    attempted = counts['scored'] + counts['decode_failed']
-    if counts['scored'] == 0 and attempted == 0:
-        if counts.get('refused'):
-            return 1, f'no video was {done}: the {counts["refused"]} videos found were all refused (see {record})'
-        return 1, (f'no video was {done}: none of the {counts["annotated"]} listed videos was found '
-                   f'(see {record} for where each was looked for)')
-    if counts['scored'] == 0:
-        return 1, f'no video was {done}: all {attempted} videos found failed to decode (see {record})'
-    fraction = counts['decode_failed'] / attempted
-    if fraction > max_failed:
-        return 1, (f'{counts["decode_failed"]} of {attempted} videos found failed to decode ({100 * fraction:.1f}%), '
-                   f'more than --max-failed {max_failed:g} allows (see {record})')
-    return 0, ''
-
-
 def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, reports: List[ShardReport],
                   torn: int, stored: dict, flops: Optional[dict], world_size: int) -> dict:
     request, spec, plan = config.request, config.spec, prepared.plan
@@ -282,8 +218,9 @@ def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, rep
 
 
 def finish(config: RunConfig, prepared: Prepared, gathered, flops: Optional[dict], ctx: DistContext,
-           console: Console, started: float) -> int:
-    """Phases 5 and 6 on rank 0: the result rebuilt from the store, the files, the console summary."""
+           console: Console, started: float) -> Tuple[int, dict]:
+    """Phases 5 and 6 on rank 0: the result rebuilt from the store, the files, the console summary; (exit
+    status, summary)."""
     stored, reports, torn = gathered
     result = result_from_store(prepared.records, prepared.plan.keys, stored, config)
     summary = build_summary(config, prepared, result, reports, torn, stored, flops, ctx.world_size)
@@ -292,20 +229,12 @@ def finish(config: RunConfig, prepared: Prepared, gathered, flops: Optional[dict
     code, why = summary['exit']['status'], summary['exit']['reason']
     if code:
         console.error(f'{why}; exit status {code}')
-    return code
+    return code, summary
 
 
 # ------------------------------------------------------------------------------------------- run
 
-def fail_together(ctx: DistContext, error: Optional[str]) -> None:
-    """Every rank stops when any rank found a problem (rank 0 says which), so no rank starts work alone."""
-    errors = [(rank, e) for rank, e in enumerate(ctx.all_gather(error, 'pre-flight checks')) if e]
-    if errors:
-        lines = [e if not ctx.distributed else f'rank {rank}: {e}' for rank, e in errors]
-        raise RunError('\nerror: '.join(lines) if ctx.is_main else '')
-
-
-def run_phases(request: RunRequest, ctx: DistContext, console: Console) -> int:
+def run_phases(request: RunRequest, ctx: DistContext, console: Console) -> Tuple[int, Optional[dict]]:
     started = time.time()
     config, model, notes = resolve(request, ctx)
     prepared = prepare(config, model, ctx)
@@ -315,43 +244,25 @@ def run_phases(request: RunRequest, ctx: DistContext, console: Console) -> int:
     report = score(config, model, prepared, ctx)
     gathered = gather(ctx, prepared, report)
     if not ctx.is_main:
-        return 0
+        return 0, None
     return finish(config, prepared, gathered, flops, ctx, console, started)
 
 
-def run_job(body: Callable[[DistContext, Console], int], device: Optional[str], dist_timeout: float,
-            ctx: Optional[DistContext] = None, quiet: bool = False, keep_heap: bool = True) -> int:
-    """Run ``body(ctx, console)`` on every rank under the engine's exit statuses: its return value, a RunError's
-    code (rank 0 prints the message), 3 when a rank failed. Errors are printed, never raised; every job of
-    the engine (scoring, feature extraction, fine-tuning) runs through here. ``keep_heap``: the heap is set to
-    keep freed memory (zoo.heap: large activations reuse mapped pages instead of faulting them in on every
-    batch; 1.55x on a 10-crop i3d_r50 forward pass at the same peak memory, 1.4x on a training step for
-    11-39% more, benchmarks/cpu-2core-amd-train.txt). Only the job that owns the process decides it: a job run
-    inside another (``ctx`` given: fine-tuning's evaluations) leaves the heap as the outer job set it."""
-    own = ctx is None
-    if keep_heap and own:
-        keep_freed_memory()
-    if own:
-        use_cuda = None if device is None else device.startswith('cuda')
-        ctx = init_distributed(dist_timeout, use_cuda=use_cuda)
-    console = Console(ctx.is_main, quiet)
-    try:
-        return body(ctx, console)
-    except RunError as e:
-        if str(e):
-            console.error(str(e))
-        return e.code
-    except RankFailure as e:
-        console.error(str(e), every_rank=True)
-        return 3
-    finally:
-        if own:
-            ctx.close()
+def run_with_summary(request: RunRequest, ctx: Optional[DistContext] = None,
+                     keep_heap: bool = False) -> Tuple[int, Optional[dict]]:
+    """Run a benchmark: (exit status, the run's summary.json as a dict on rank 0, None elsewhere or when the
+    run stopped before its outputs). Errors are printed, never raised. ``ctx``: the ranks of a job that runs
+    this one inside it (fine-tuning's validation and test); ``keep_heap``: see kit.job.run_job."""
+    summary: List[Optional[dict]] = [None]
 
-
-def run(request: RunRequest, ctx: Optional[DistContext] = None) -> int:
-    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
     def body(ctx: DistContext, console: Console) -> int:
         with torch.no_grad():      # scoped, so calling run() in-process leaves autograd as it was
-            return run_phases(request, ctx, console)
-    return run_job(body, request.device, request.dist_timeout, ctx, quiet=request.quiet)
+            code, summary[0] = run_phases(request, ctx, console)
+            return code
+    code = run_job(body, request.device, request.dist_timeout, ctx, quiet=request.quiet, keep_heap=keep_heap)
+    return code, summary[0]
+
+
+def run(request: RunRequest, ctx: Optional[DistContext] = None, keep_heap: bool = False) -> int:
+    """Run a benchmark; returns the exit status (errors are printed, never raised)."""
+    return run_with_summary(request, ctx, keep_heap)[0]

@@ -17,7 +17,7 @@ import torch
 
 from zoo.inference import PRECISIONS
 
-from eval.kit.config import fully_conv_head, model_class_names
+from eval.kit.config import fully_conv_head
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
@@ -182,50 +182,37 @@ def _show_progress(bar, meter: MultiViewMeter, failed: int) -> None:
     bar.set_postfix_str(status + (f', failed {failed}' if failed else ''), refresh=False)
 
 
-def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewSpec, *,
-             cfg=None, batch_size: int = 8, workers: int = 0, device: Optional[torch.device] = None,
-             aggregation: str = 'softmax', fps: Optional[float] = None,
-             progress: bool = True, dataset: Optional[torch.utils.data.Dataset] = None,
-             precision: str = 'fp32', fast_path: bool = True, compile: bool = False,
-             num_classes: Optional[int] = None, fully_conv: Optional[bool] = None,
+def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
              indices: Optional[Sequence[int]] = None,
              on_results: Optional[Callable[[List[VideoOutcome]], None]] = None,
-             progress_desc: Optional[str] = None) -> EvalResult:
-    """Score every record (or only those at ``indices``) with ``spec``'s views; missing or unreadable videos
-    end up in ``failures``.
-
-    Views of consecutive videos share a batch of up to ``batch_size`` views. ``cfg`` (default: the model's
-    pretrained_cfg) gives the normalisation; ``fps`` resamples video files (default cfg.fps).
-    ``precision`` 'fp32' (default), 'bf16' or 'fp16'; ``num_classes`` and ``fully_conv`` default to the rules
-    of eval.kit.config for the model's config;
-    ``fast_path=False`` runs the model as given (eager); ``compile`` wraps it in torch.compile.
+             progress: bool = False, progress_desc: Optional[str] = None,
+             dataset: Optional[torch.utils.data.Dataset] = None) -> EvalResult:
+    """Score every record (or only those at ``indices``) with the views of ``config``, the run's resolved
+    eval.kit.config.RunConfig (views, batch, workers, device, precision, head, classes, normalisation, fps:
+    decided there, never here; ``library_config`` makes one from Python). Missing or unreadable videos end up
+    in ``failures``. Views of consecutive videos share a batch of up to ``config.batch_size`` views.
     ``on_results`` receives each group of videos as they finish (after every forward pass that completes
-    one, and at once for a failure), so a caller can store them durably while the run goes on.
+    one, and at once for a failure), so a caller can store them durably while the run goes on. ``dataset``
+    replaces the decoding (benchmarks time the loop with it).
     """
     from tqdm import tqdm
 
-    cfg = cfg if cfg is not None else model.pretrained_cfg
-    device = torch.device(device) if device is not None else default_device()
-    fps = fps if fps is not None else cfg.fps
+    spec, device = config.spec, torch.device(config.device)
     records = list(records)
-    dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
+    dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
                                          collate_fn=_identity, pin_memory=device.type == 'cuda')
-    meter = MultiViewMeter(len(records), spec.num_views, num_classes or len(model_class_names(cfg)),
-                           aggregation=aggregation)
-    normalise = ViewNormalizer.from_cfg(cfg)
-    if fully_conv is None:
-        fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), spec.crop_size)
-    call_kwargs = {'fully_conv': True} if fully_conv else {}
-    model = prepare_model(model, device, precision, fast_path, compile)
-    result = EvalResult(records, spec, meter, device=str(device), fully_conv=bool(call_kwargs),
-                        precision=precision, fast_path=fast_path)
+    meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.aggregation)
+    normalise = ViewNormalizer(config.mean, config.std, config.channel_order)
+    call_kwargs = {'fully_conv': True} if config.fully_conv else {}
+    net = prepare_model(model, device, config.precision, config.fast_path, config.compile)
+    result = EvalResult(records, spec, meter, device=str(device), fully_conv=config.fully_conv,
+                        precision=config.precision, fast_path=config.fast_path)
     report = on_results or (lambda outcomes: None)
-
-    batcher = ViewBatcher(model, call_kwargs, normalise, meter, records, report, batch_size, device,
-                          _AUTOCAST_DTYPES.get(precision) if not fast_path else None)
+    batcher = ViewBatcher(net, call_kwargs, normalise, meter, records, report, config.batch_size, device,
+                          _AUTOCAST_DTYPES.get(config.precision) if not config.fast_path else None)
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
                desc=progress_desc)

@@ -3,14 +3,11 @@ which videos are left, scoring a rank's share into the durable store, and the me
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-import torch
 
 from eval.data.records import VideoRecord
 from eval.kit.distributed import DistContext, shard
@@ -21,17 +18,6 @@ from eval.data.views import ViewSpec
 
 
 # ------------------------------------------------------------------------------------- identities
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes, bytes): the same for the same weights however
-    they were obtained, so a moved checkpoint still matches and a different seed does not."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
 
 def dataset_fingerprint(records: Sequence[VideoRecord]) -> str:
     """sha256 of the ordered (video id, label) list. Paths are left out so that the same set mounted
@@ -65,37 +51,10 @@ def build_manifest(*, model_name: str, weights: dict, weights_sha256: str, seed:
 
 # ------------------------------------------------------------------------------------- pre-flight
 
-def probe_writable(out_dir: str) -> Optional[str]:
-    """None when a file can be created, written, fsynced and removed in ``out_dir`` (created if needed)."""
-    probe = os.path.join(out_dir, f'.write-probe-{socket.gethostname()}-{os.getpid()}')
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(probe, 'wb') as f:
-            f.write(b'probe')
-            f.flush()
-            os.fsync(f.fileno())
-        os.remove(probe)
-    except OSError as e:
-        return f'cannot write to --out {out_dir}: {e.strerror or e} ({type(e).__name__})'
-    return None
 
 
-def estimated_output_bytes(num_videos: int, num_classes: int) -> int:
-    """A generous guess: the store record (two float64 sums), scores.npz (two float32 rows), a CSV line."""
-    per_video = 16 * num_classes + 8 * num_classes + 600
-    return int(1.5 * num_videos * per_video) + (1 << 20)
 
 
-def check_free_space(out_dir: str, num_videos: int, num_classes: int) -> Optional[str]:
-    need = estimated_output_bytes(num_videos, num_classes)
-    try:
-        free = shutil.disk_usage(out_dir).free
-    except OSError as e:
-        return f'cannot check free space of --out {out_dir}: {e}'
-    if free < need:
-        return (f'--out {out_dir} has {free / 2**20:.1f} MiB free, but the scores of {num_videos} videos need '
-                f'about {need / 2**20:.1f} MiB; free some space or choose another --out')
-    return None
 
 
 # ------------------------------------------------------------------------------------- the work
@@ -161,11 +120,8 @@ def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records,
 
     start = time.perf_counter()
     try:
-        evaluate(model, records, config.spec, cfg=config, batch_size=config.batch_size, workers=config.workers,
-                 device=torch.device(config.device), aggregation=config.request.aggregate, fps=config.fps,
-                 precision=config.precision, fast_path=config.fast_path, compile=config.compile,
-                 num_classes=config.num_classes, fully_conv=config.fully_conv, indices=plan.mine,
-                 on_results=store_outcomes, progress=progress, progress_desc=progress_desc)
+        evaluate(model, records, config, indices=plan.mine, on_results=store_outcomes, progress=progress,
+                 progress_desc=progress_desc)
     finally:
         writer.close()
     report.seconds = time.perf_counter() - start

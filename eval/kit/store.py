@@ -16,10 +16,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.file_io import atomic_write, fsync_dir
+from converters.file_io import fsync_dir
+
+from eval.kit.rundir import MANIFEST, claim_run_dir, read_manifest
 
 STORE_DIR = 'store'
-MANIFEST = 'manifest.json'
 STORE_SUFFIX = '.scores'
 
 # record = MAGIC | payload length (u32) | crc32 of payload (u32) | payload
@@ -162,49 +163,12 @@ class ScoreStore:
 
 # ------------------------------------------------------------------------------------------- manifest
 
-def read_manifest(run_dir: str) -> Optional[dict]:
-    path = os.path.join(run_dir, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
 
 
-def _flatten(value, prefix: str = '') -> Dict[str, object]:
-    if isinstance(value, dict):
-        flat: Dict[str, object] = {}
-        for k, v in value.items():
-            flat.update(_flatten(v, f'{prefix}.{k}' if prefix else str(k)))
-        return flat
-    return {prefix: value}
 
 
-def manifest_differences(stored: dict, current: dict) -> List[str]:
-    """'field: stored X, now Y' for every identity field that differs (the 'identity' sections compared)."""
-    a, b = _flatten(stored.get('identity', {})), _flatten(current.get('identity', {}))
-    return [f'{k}: this folder has {a.get(k)!r}, this run has {b.get(k)!r}'
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def claim_run_dir(run_dir: str, manifest: dict, file_name: str = MANIFEST, what: str = 'a run') -> Optional[str]:
-    """One configuration per folder, for every job that writes one (scores, features, fine-tuning): the first
-    call records ``manifest`` in ``run_dir/file_name``; a later call gets None when its 'identity' section is
-    the stored one, else why the folder must not be reused (each differing field, stored and now)."""
-    path = os.path.join(run_dir, file_name)
-    if not os.path.isfile(path):
-        os.makedirs(run_dir, exist_ok=True)
-        with atomic_write(path, 'w', encoding='utf-8') as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write('\n')
-        return None
-    with open(path, encoding='utf-8') as f:
-        stored = json.load(f)
-    differences = manifest_differences(stored, json.loads(json.dumps(manifest)))   # tuples compare as lists
-    if not differences:
-        return None
-    return (f'{run_dir} holds {what} of a different configuration ({file_name}); refusing to mix results:\n  '
-            + '\n  '.join(differences)
-            + f'\nUse another --out for this configuration, or delete {run_dir} to start it fresh.')
 
 
 def check_run_dir(run_dir: str, manifest: dict) -> Optional[str]:

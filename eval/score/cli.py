@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional
 
 from eval.data.presets import BENCHMARKS, describe_benchmarks
-from eval.kit.config import AGGREGATIONS, DEFAULT_MAX_FAILED, RunRequest
+from eval.kit.config import AGGREGATIONS, RunRequest
 from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.engine import run
 from zoo.inference import PRECISIONS
@@ -64,4 +64,4 @@ def build_parser(prog: str, description: str, benchmark: Optional[str] = None) -
 def main(prog: str, description: str, argv: Optional[List[str]] = None, benchmark: Optional[str] = None) -> int:
     args = build_parser(prog, description, benchmark).parse_args(argv)
     command = ' '.join([prog] + (argv if argv is not None else sys.argv[1:]))
-    return run(RunRequest.from_namespace(args, command=command))
+    return run(RunRequest.from_namespace(args, command=command), keep_heap=True)
