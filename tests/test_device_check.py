@@ -65,8 +65,8 @@ def test_every_row_of_the_tests_table_names_an_existing_file_and_selects_tests()
         assert why
         selections += [[path] + (['-k', k] if k else []) for k in (full_k, quick_k) if k is not False]
     code = ('import json, sys, pytest\n'
-            'codes = [int(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *s])) for s in json.loads(sys.argv[1])]\n'
-            'print(json.dumps(codes))\n')
+            'args = ["--collect-only", "-q", "-p", "no:cacheprovider"]\n'
+            'print(json.dumps([int(pytest.main(args + s)) for s in json.loads(sys.argv[1])]))\n')
     proc = subprocess.run([sys.executable, '-c', code, json.dumps(selections)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from eval.kit.report import ensemble, load_scores
+from eval.score.rescore import ensemble, load_scores
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from eval.data import decode
 from eval.data.decode import (EXACT, DecodeOptions, FrameFolder, VideoFile, draft_reduction, load_views_frames,
-                         open_source, resize_short_side, set_default_options)
+                         open_source, resize_short_side)
 from eval.data.synthetic import synthetic_frames, write_frame_folder, write_video
 from eval.data.views import ViewSampler, ViewSpec
 
@@ -160,15 +160,6 @@ def test_views_decode_each_needed_frame_once(clips, monkeypatch):
     monkeypatch.setattr(decode, '_decode_pil', lambda f, s, d: calls.append(f) or real(f, s, d))
     plan, frames = load_views_frames(open_source(clips['small_jpg']), ViewSampler(SPEC))
     assert len(calls) == len(set(calls)) == len(plan.frames) < SPEC.num_views * SPEC.num_frames
-
-
-def test_default_options_switch_what_open_source_uses(clips):
-    previous = set_default_options(DecodeOptions(jpeg_decoder='pil'))
-    try:
-        assert open_source(clips['small_jpg']).options.jpeg_decoder == 'pil'
-    finally:
-        set_default_options(previous)
-    assert open_source(clips['small_jpg']).options == EXACT
 
 
 def test_bad_options_are_refused():

@@ -11,6 +11,7 @@ import pytest
 import eval.data.records
 import eval.kit.engine
 import eval.kinetics
+import eval.kit.rundir
 import eval.kit.shards
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.data.decode import VideoDecodeError
@@ -257,7 +258,7 @@ def test_unwritable_out_is_reported_before_any_work(dataset, tmp_path, capsys, m
 def test_too_little_free_space_is_reported_before_any_video_is_scored(dataset, tmp_path, capsys, monkeypatch):
     class NearlyFull:
         free = 1000
-    monkeypatch.setattr(eval.kit.shards.shutil, 'disk_usage', lambda path: NearlyFull)
+    monkeypatch.setattr(eval.kit.rundir.shutil, 'disk_usage', lambda path: NearlyFull)
 
     def no_scoring(*args, **kwargs):
         raise AssertionError('videos were scored although the disk is full')

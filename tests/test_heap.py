@@ -99,3 +99,21 @@ def test_fine_tuning_keeps_the_heap_unless_it_checkpoints_to_save_memory(extra, 
                             env=dict(os.environ, PYTHONPATH=REPO, ZOO_KEEP_HEAP='1'))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ['0', str(kept)]
+
+
+# A job run from Python (the engine's run(), run_job without keep_heap) leaves the process heap alone: only the
+# command-line entry points switch it, since the setting cannot be undone.
+PYTHON_CALLER = '''
+import sys
+import eval.kit.job, zoo.heap
+assert eval.kit.job.run_job(lambda ctx, console: 0, 'cpu', 60.0) == 0
+print(zoo.heap._applied)
+'''
+
+
+@glibc_only
+def test_a_job_called_from_python_leaves_the_heap_as_it_was():
+    result = subprocess.run([sys.executable, '-c', PYTHON_CALLER], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, PYTHONPATH=REPO, ZOO_KEEP_HEAP='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['False']

@@ -3,18 +3,18 @@
 A forward pass of I3D-R50 over 10 crops of 16x224x224 allocates activations of up to 320 MB, and frees them
 a few milliseconds later. glibc's malloc serves every block over 32 MB with a fresh ``mmap`` and returns it
 with ``munmap`` when freed, so each forward pass touches every page of every large activation for the first
-time again: 353,000 page faults per forward pass, which took it from 0.81 s to 1.26 s on the 2-core AMD EPYC
-we measured (benchmarks/bench_features.py, "network alone" line). Caching allocators (jemalloc, tcmalloc,
+time again (hundreds of thousands of page faults per pass; the figures, measured, are in docs/performance.md
+and benchmarks/). Caching allocators (jemalloc, tcmalloc,
 PyTorch's own on CUDA) avoid this; PyTorch's CPU performance guide suggests preloading one. Without
 requiring a system library, ``keep_freed_memory`` gets the same effect from glibc: large blocks come from
 the heap (mmap off) and freed memory stays with the process (trimming off), so the next forward pass
 reuses pages already mapped. Results are bit-identical. The cost is memory: the process keeps its peak heap
-until it exits, and blocks that no longer fit a new request raise that peak. For inference we measured the
-same peak (a 10-crop extraction) or 13% more (a 3x10 evaluation); for a training step 11-39% more
-(benchmarks/cpu-2core-amd-train.txt).
+until it exits, and blocks that no longer fit a new request raise that peak (measured in
+benchmarks/cpu-2core-amd-train.txt and docs/performance.md: more for training than for inference).
 
-The command-line jobs (``eval.kit.engine.run_job``: evaluation, feature extraction, fine-tuning except with
---grad-checkpointing) call it at start; from Python, call it yourself before a long loop.
+The command-line jobs (``eval.kit.job.run_job(keep_heap=True)`` from their ``main``: scoring, feature
+extraction, fine-tuning except with --grad-checkpointing) call it at start; from Python nothing changes the
+heap unless you call it yourself before a long loop.
 ``ZOO_KEEP_HEAP=0`` turns it off.
 """
 from __future__ import annotations

@@ -112,7 +112,7 @@ class InferenceModel(nn.Module):
             return contextlib.nullcontext()
         import torch._inductor.config as inductor_config
         # Freezing lets inductor treat weights as constants: it pre-packs them for oneDNN and fuses
-        # conv + bias + ReLU (+ residual add). Measured ~1.15x over compile without it on our CPU.
+        # conv + bias + ReLU (+ residual add): faster than compiling without it (benchmarks/bench_network.py).
         return inductor_config.patch(freezing=True)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -70,21 +70,7 @@ class DecodeOptions:
             raise ValueError(f'video_threads must be AUTO, FRAME, SLICE or NONE, got {self.video_threads!r}')
 
 
-EXACT = DecodeOptions()
-# What open_source uses when given no options. A module global so that a runner can switch the whole
-# evaluation (DataLoader workers are forked after it is set) without threading options through datasets.
-_default_options = EXACT
-
-
-def set_default_options(options: DecodeOptions) -> DecodeOptions:
-    """Make ``options`` the default of ``open_source``; returns the previous default."""
-    global _default_options
-    previous, _default_options = _default_options, options
-    return previous
-
-
-def default_options() -> DecodeOptions:
-    return _default_options
+EXACT = DecodeOptions()      # what open_source uses when given no options
 
 
 def natural_key(name: str):
@@ -181,7 +167,7 @@ class FrameFolder:
 
     def __init__(self, path: str, options: Optional[DecodeOptions] = None):
         self.path = path
-        self.options = options if options is not None else _default_options
+        self.options = options if options is not None else EXACT
         try:
             names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
         except OSError as e:
@@ -252,7 +238,7 @@ class VideoFile:
     def __init__(self, path: str, fps: Optional[float] = None, options: Optional[DecodeOptions] = None):
         import av
         self.path = path
-        self.options = options if options is not None else _default_options
+        self.options = options if options is not None else EXACT
         try:
             with av.open(path) as container:
                 if not container.streams.video:
@@ -336,7 +322,7 @@ Source = Union[FrameFolder, VideoFile]
 
 
 def open_source(path: str, fps: Optional[float] = None, options: Optional[DecodeOptions] = None) -> Source:
-    """A frame folder (directory) or a video file (by extension); ``options`` default: default_options()."""
+    """A frame folder (directory) or a video file (by extension); ``options`` default: EXACT."""
     if os.path.isdir(path):
         return FrameFolder(path, options=options)
     if not os.path.exists(path):

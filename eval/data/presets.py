@@ -32,8 +32,6 @@ class Benchmark:
     # ``read`` reads whatever training data is given
     read_train: Optional[Reader] = None
     splits: Tuple[str, ...] = ()             # allowed --split values; the first is the default
-    views: Optional[Tuple[int, int]] = None  # default protocol; None: the model's published test
-    metrics: Tuple[str, ...] = ('top1', 'top5', 'mean_class_accuracy')
 
     def split(self, requested: Optional[str]) -> Optional[str]:
         if not self.splits:
@@ -215,7 +213,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
     Benchmark('kinetics600', 'Kinetics-600 (official CSV)', read_any, classes=kinetics_csv_classes),
     Benchmark('kinetics700', 'Kinetics-700 (official CSV)', read_any, classes=kinetics_csv_classes),
     Benchmark('ucf101', 'UCF-101 (classInd.txt, testlist0N.txt)', read_ucf101, classes=ucf101_classes,
-              read_train=read_ucf101_train, splits=('1', '2', '3'), metrics=('top1', 'top5', 'mean_class_accuracy')),
+              read_train=read_ucf101_train, splits=('1', '2', '3')),
     Benchmark('hmdb51', 'HMDB-51 (<class>_test_splitN.txt, flag 2)', read_hmdb51, classes=hmdb51_classes,
               read_train=read_hmdb51_train, splits=('1', '2', '3')),
     Benchmark('list', 'a "path label" list file, labels of the model\'s classes', read_list),

@@ -132,11 +132,6 @@ def last_use(plan: SnippetPlan) -> np.ndarray:
     return out
 
 
-def ready_after(plan: SnippetPlan) -> np.ndarray:
-    """(K,) the highest frame index snippet k needs (-1 if all zero): it can be cut once that frame is decoded."""
-    return plan.frames.max(axis=1)
-
-
 # ------------------------------------------------------------------------------------------------ crops
 
 class Crop(NamedTuple):

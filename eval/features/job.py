@@ -28,11 +28,12 @@ import torch
 
 from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
-from eval.kit.console import RULE, Console
+from eval.kit.console import RULE, Console, progress_bar, rank_label
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from eval.kit.distributed import DistContext, rank_device, shard
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
 from eval.kit.models import load_model, weights_fingerprint
+from eval.kit.resume import agree_on_finished, remaining_work
 from eval.features.outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, INDEX, MANIFEST, array_bytes, arrange,
                               build_sidecar, finished_sidecar, hdf5_available, identity_sha256, index_entry,
                               record_failure, recorded_failure, sha256_bytes, write_hdf5, write_json,
@@ -188,8 +189,53 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.command = ' '.join(['python -m eval.features'] + argv)
-    return run_job(lambda ctx, console: _run(args, ctx, console), args.device, args.dist_timeout, keep_heap=True)
+    command = ' '.join(['python -m eval.features'] + argv)
+    return run_job(lambda ctx, console: _run(resolve_flags(args, command), ctx, console), args.device,
+                   args.dist_timeout, keep_heap=True)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The flags of a feature run, checked and resolved once (the preset merged with its overrides): every
+    phase reads this record, never the argparse namespace."""
+    data: str
+    out: str
+    settings: FeatureSettings
+    model: str                      # the zoo name: --model, else the preset's
+    random_weights: bool
+    checkpoint: Optional[str]
+    weights_file: Optional[str]
+    seed: int
+    format: str
+    hdf5: bool
+    batch_size: Optional[int]
+    threads: Optional[int]
+    workers: Optional[int]
+    device: Optional[str]
+    no_fast_path: bool
+    compile: bool
+    max_failed: float
+    retry_failed: bool
+    no_progress: bool
+    command: str
+
+
+def resolve_flags(args: FeatureConfig, command: str) -> FeatureConfig:
+    """The namespace -> the frozen record; flag values no rule can repair raise RunError."""
+    try:
+        settings = resolve_settings(args.preset, **{k: getattr(args, k) for k in OVERRIDABLE})
+    except (ValueError, TypeError) as e:
+        raise RunError(str(e)) from e
+    if not 0 <= args.max_failed <= 1:
+        raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
+    if args.hdf5 and not hdf5_available():
+        raise RunError('--hdf5 needs h5py, which is not installed: pip install h5py (or this project\'s "hdf5" extra)')
+    return FeatureConfig(
+        data=args.data, out=args.out, settings=settings, model=args.model or PRESETS[args.preset].model,
+        random_weights=args.random_weights, checkpoint=args.checkpoint, weights_file=args.weights_file,
+        seed=args.seed, format=args.format, hdf5=args.hdf5, batch_size=args.batch_size, threads=args.threads,
+        workers=args.workers, device=args.device, no_fast_path=args.no_fast_path, compile=args.compile,
+        max_failed=args.max_failed, retry_failed=args.retry_failed, no_progress=args.no_progress, command=command)
 
 
 @dataclass
@@ -211,23 +257,16 @@ class FeatureRun:
         return identity_sha256(self.identity)
 
 
-def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
-    """Flags -> settings, videos, model (loaded once), identity; every problem found before any work."""
-    try:
-        settings = resolve_settings(args.preset, **{k: getattr(args, k) for k in OVERRIDABLE})
-    except (ValueError, TypeError) as e:
-        raise RunError(str(e)) from e
-    if not 0 <= args.max_failed <= 1:
-        raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
-    if args.hdf5 and not hdf5_available():
-        raise RunError('--hdf5 needs h5py, which is not installed: pip install h5py (or this project\'s "hdf5" extra)')
-    fail_together(ctx, probe_writable(args.out))                    # before loading anything
-    records, data_desc = read_inputs(args.data)
+def resolve_run(config: FeatureConfig, ctx: DistContext) -> FeatureRun:
+    """Videos, model (loaded once), identity; every problem found before any work."""
+    settings = config.settings
+    fail_together(ctx, probe_writable(config.out))                    # before loading anything
+    records, data_desc = read_inputs(config.data)
     jobs, missing = make_jobs(records, settings)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    name = args.model or PRESETS[args.preset].model
-    model, weights = load_feature_model(name, args.random_weights, args.checkpoint, args.weights_file, args.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    name = config.model
+    model, weights = load_feature_model(name, config.random_weights, config.checkpoint, config.weights_file, config.seed)
     try:
         model_info = model_description(name, model, weights, settings.layer)
         mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
@@ -236,17 +275,17 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
     problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
     if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
         raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
-    identity = run_identity(model_info, settings, args.format, not args.no_fast_path, args.compile)
+    identity = run_identity(model_info, settings, config.format, not config.no_fast_path, config.compile)
     return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, mean, std)
 
 
-def open_out(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> None:
+def open_out(config: FeatureConfig, run: FeatureRun, ctx: DistContext) -> None:
     """One configuration per --out: the manifest written by the first run, compared by every later one."""
     def claim() -> Optional[str]:
         manifest = {'kind': 'features', 'identity': run.identity,
                     'info': {'preset': run.settings.preset, 'sources': list(run.settings.sources),
-                             'data': args.data, 'torch': torch.__version__, 'weights': run.model_info['weights']}}
-        return claim_run_dir(args.out, manifest, what='features')
+                             'data': config.data, 'torch': torch.__version__, 'weights': run.model_info['weights']}}
+        return claim_run_dir(config.out, manifest, what='features')
     decide_on_main(ctx, claim, 'checking the output folder')
 
 
@@ -259,29 +298,24 @@ class FeaturePlan:
     mine: List[VideoJob]            # this rank's share of it
 
 
-def plan_work(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> FeaturePlan:
+def plan_work(config: FeatureConfig, run: FeatureRun, ctx: DistContext) -> FeaturePlan:
     """Finished videos (array verified against its sidecar; each rank hashes a share) and earlier failures,
     agreed by every rank; what is left is sharded round-robin."""
-    local: Dict[int, Tuple[str, dict]] = {}
-    for i in shard(list(range(len(run.jobs))), ctx.rank, ctx.world_size):
-        job = run.jobs[i]
-        sidecar = finished_sidecar(args.out, job.stem, args.format, run.identity_sha256)
-        failure = None if sidecar else recorded_failure(args.out, job.stem, run.identity_sha256)
+    local = {}
+    for job in shard(run.jobs, ctx.rank, ctx.world_size):          # each rank verifies a share of the arrays
+        sidecar = finished_sidecar(config.out, job.stem, config.format, run.identity_sha256)
+        failure = None if sidecar else recorded_failure(config.out, job.stem, run.identity_sha256)
         if sidecar or failure:
-            local[job.index] = ('done', sidecar) if sidecar else ('failed', failure)
-    states: Dict[int, Tuple[str, dict]] = {}
-    for part in ctx.all_gather(local, 'agreeing on finished videos'):
-        states.update(part)
-    done = {i: v for i, (kind, v) in states.items() if kind == 'done'}
-    failed = {i: v for i, (kind, v) in states.items() if kind == 'failed'}
-    retried = len(failed) if args.retry_failed else 0
-    if args.retry_failed:
-        failed = {}
-    todo = [j for j in run.jobs if j.index not in done and j.index not in failed]
-    return FeaturePlan(done, failed, retried, todo, shard(todo, ctx.rank, ctx.world_size))
+            local[job.index] = (True, sidecar) if sidecar else (False, failure)
+    finished = agree_on_finished(ctx, local)
+    keys = [job.index for job in run.jobs]
+    todo, mine, retried = remaining_work(ctx, range(len(run.jobs)), keys, finished, config.retry_failed)
+    done = {i: v for i, (ok, v) in finished.items() if ok}
+    failed = {} if config.retry_failed else {i: v for i, (ok, v) in finished.items() if not ok}
+    return FeaturePlan(done, failed, retried, [run.jobs[i] for i in todo], [run.jobs[i] for i in mine])
 
 
-def print_header(console: Console, args, run: FeatureRun, plan: FeaturePlan, device, workers: int,
+def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, device, workers: int,
                  per_forward: int, ctx: DistContext) -> None:
     s, weights = run.settings, run.model_info['weights']
     console.say('=' * 100)
@@ -294,9 +328,9 @@ def print_header(console: Console, args, run: FeatureRun, plan: FeaturePlan, dev
                 + (f', {len(run.missing)} missing' if run.missing else ''))
     console.say(f'device   {device}{f" on each of {ctx.world_size} ranks" if ctx.distributed else ""}, '
                 f'{per_forward} snippet(s) x {s.crops} crop(s) per forward, {workers} decode workers'
-                + (', compiled' if args.compile else '') + (', eager' if args.no_fast_path else ''))
+                + (', compiled' if config.compile else '') + (', eager' if config.no_fast_path else ''))
     if plan.done or plan.failed or plan.retried:
-        console.say(f'resume   {len(plan.done)} videos already finished in {args.out} (arrays verified), '
+        console.say(f'resume   {len(plan.done)} videos already finished in {config.out} (arrays verified), '
                     + (f'{plan.retried} failed earlier and tried again, ' if plan.retried else '')
                     + (f'{len(plan.failed)} failed earlier and kept failed (--retry-failed tries them again), '
                        if plan.failed else '') + f'{len(plan.todo)} to do')
@@ -305,16 +339,16 @@ def print_header(console: Console, args, run: FeatureRun, plan: FeaturePlan, dev
     console.say(RULE, flush=True)
 
 
-def _run(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
+def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
     started = time.time()
-    run = resolve_run(args, ctx)
-    open_out(args, run, ctx)
-    plan = plan_work(args, run, ctx)
-    device = rank_device(ctx, args.device)
-    workers = args.workers if args.workers is not None else default_workers(ctx.local_world_size)
-    per_forward = snippets_per_forward(run.settings, args.batch_size, device)
-    print_header(console, args, run, plan, device, workers, per_forward, ctx)
-    results, failures = extract_share(ctx, args, run, device, plan.mine, workers, per_forward)
+    run = resolve_run(config, ctx)
+    open_out(config, run, ctx)
+    plan = plan_work(config, run, ctx)
+    device = rank_device(ctx, config.device)
+    workers = config.workers if config.workers is not None else default_workers(ctx.local_world_size)
+    per_forward = snippets_per_forward(run.settings, config.batch_size, device)
+    print_header(console, config, run, plan, device, workers, per_forward, ctx)
+    results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward)
     gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
     if not ctx.is_main:
         return 0
@@ -322,7 +356,7 @@ def _run(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
         results.update(part_results)
         failures.update(part_failures)
     failures.update(plan.failed)
-    return finish(args, run, plan, results, failures, console, time.time() - started, ctx.world_size)
+    return finish(config, run, plan, results, failures, console, time.time() - started, ctx.world_size)
 
 
 def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict]) -> List[dict]:
@@ -344,7 +378,7 @@ def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], 
     return entries
 
 
-def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict],
+def finish(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict],
            console: Console, wall: float, world_size: int) -> int:
     """The index of the whole run, the last lines, the exit status (the engine's policy)."""
     decode_failed = sum(1 for f in failures.values() if f['kind'] == 'decode')
@@ -355,7 +389,7 @@ def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], f
               'finished_earlier': len(plan.done), 'failed': decode_failed, 'refused': refused,
               'missing': len(run.missing), 'failed_earlier_kept': len(plan.failed), 'failed_earlier_retried': plan.retried}
     code, why = exit_verdict({'scored': finished, 'decode_failed': decode_failed, 'refused': refused,
-                              'annotated': total}, args.max_failed, done='extracted', record=INDEX)
+                              'annotated': total}, config.max_failed, done='extracted', record=INDEX)
     entries = index_entries(run, plan, results, failures)
     index = {
         'format_version': FORMAT_VERSION, 'preset': run.settings.preset, 'model': run.model_info,
@@ -363,17 +397,17 @@ def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], f
         'videos': entries,
         'failures': [{'id': e['id'], 'path': e['path'], 'status': e['status'], 'reason': e.get('reason', '')}
                      for e in entries if e['status'] in ('failed', 'refused', 'missing')],
-        'exit': {'status': code, 'reason': why or 'ok', 'max_failed': args.max_failed},
+        'exit': {'status': code, 'reason': why or 'ok', 'max_failed': config.max_failed},
         'run': {'world_size': world_size, 'seconds': round(wall, 2), 'host': socket.gethostname(),
-                'command': args.command},
+                'command': config.command},
     }
-    write_json(os.path.join(args.out, INDEX), index)
-    hdf5 = hdf5_export(args, index, console)
+    write_json(os.path.join(config.out, INDEX), index)
+    hdf5 = hdf5_export(config, index, console)
     for f in index['failures'][:10]:
         console.say(f'  {f["status"]} {f["id"]}: {f["reason"]}')
     if len(index['failures']) > 10:
-        console.say(f'  ... {len(index["failures"]) - 10} more in {os.path.join(args.out, INDEX)}')
-    console.say(f'outputs  {args.out}/ ({finished} videos: <stem>.{args.format} + <stem>.json; {INDEX}, {MANIFEST}'
+        console.say(f'  ... {len(index["failures"]) - 10} more in {os.path.join(config.out, INDEX)}')
+    console.say(f'outputs  {config.out}/ ({finished} videos: <stem>.{config.format} + <stem>.json; {INDEX}, {MANIFEST}'
                 + (f', {FAILED}/' if failures else '') + (f', {hdf5}' if hdf5 else '') + ')')
     console.say(f'done     {finished} of {total} videos have features ({len(results)} extracted now, '
                 f'{len(plan.done)} earlier, {decode_failed} failed, {refused} refused, {len(run.missing)} missing) '
@@ -383,18 +417,18 @@ def finish(args, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], f
     return code
 
 
-def hdf5_export(args, index: dict, console: Console) -> Optional[str]:
+def hdf5_export(config: FeatureConfig, index: dict, console: Console) -> Optional[str]:
     """``features.h5`` when asked (--hdf5) or when the folder already has one (so that it never describes an
     older state of the run); its name, or None."""
-    path = os.path.join(args.out, HDF5)
-    if not (args.hdf5 or os.path.exists(path)):
+    path = os.path.join(config.out, HDF5)
+    if not (config.hdf5 or os.path.exists(path)):
         return None
     if not hdf5_available():
         console.error(f'{path} was not rebuilt: h5py is not installed, so it is out of date (it lacks this '
                       'run\'s videos); install h5py and run the command again with --hdf5')
         return None
     header = {k: index[k] for k in ('format_version', 'preset', 'model', 'settings', 'network')}
-    count = write_hdf5(args.out, index['videos'], header)
+    count = write_hdf5(config.out, index['videos'], header)
     console.say(f'hdf5     {path}: {count} videos (one group per video, named by its output stem)')
     return HDF5
 
@@ -403,33 +437,31 @@ def _identity(item):
     return item
 
 
-def extract_share(ctx: DistContext, args, run: FeatureRun, device: torch.device, mine: List[VideoJob],
+def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, device: torch.device, mine: List[VideoJob],
                   workers: int, per_forward: int) -> Tuple[Dict[int, dict], Dict[int, dict]]:
     """Extract this rank's videos; ({job index: sidecar}, {job index: failure record}), each written as it ends."""
-    from tqdm import tqdm
     results: Dict[int, dict] = {}
     failures: Dict[int, dict] = {}
     if not mine:
         return results, failures
-    net = prepare_feature_model(run.model, run.settings.layer, device, not args.no_fast_path, args.compile)
+    net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, config.compile)
     stream = FeatureStream(mine, run.settings, per_forward)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
                                          collate_fn=_identity)
     accumulator = FeatureAccumulator()
-    bar = tqdm(total=len(mine), unit='video', disable=not ctx.is_main or args.no_progress, dynamic_ncols=True,
-               mininterval=1.0, desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)
+    bar = progress_bar(len(mine), 'video', ctx.is_main and not config.no_progress, rank_label(ctx.world_size))
     snippets, start = 0, time.perf_counter()
     for item in loader:
         if isinstance(item, VideoFailure):
             accumulator.drop(item.job.index)
-            failures[item.job.index] = record_failure(args.out, item.job, item.kind, item.reason,
+            failures[item.job.index] = record_failure(config.out, item.job, item.kind, item.reason,
                                                       run.identity_sha256)
             bar.update(1)
             continue
         video = accumulator.add(item, run_chunk(net, item, run.settings, run.mean, run.std, device))
         snippets += item.rows.shape[0]
         if video is not None:
-            results[video.job.index] = write_video_outputs(args.out, video, run.settings, args.format,
+            results[video.job.index] = write_video_outputs(config.out, video, run.settings, config.format,
                                                            run.identity, run.model_info)
             bar.update(1)
         bar.set_postfix_str(f'{snippets / max(time.perf_counter() - start, 1e-9):.2f} snippets/s'

@@ -33,7 +33,7 @@ from converters.file_io import atomic_write
 import eval.finetune.recipe as rc
 from eval.data.presets import BENCHMARKS, get_benchmark
 from eval.kit.config import RunRequest, clip_size_problem, default_workers, model_class_names, parse_views
-from eval.kit.console import Console
+from eval.kit.console import Console, progress_bar
 from eval.data.records import LabelMap, VideoRecord
 from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
 from eval.kit.job import RunError, decide_on_main, fail_together, run_job
@@ -365,9 +365,7 @@ class Trainer:
         config = self.config
         total = self.steps_per_epoch * config.epochs * config.plan.global_batch
         done = self.position.global_step * config.plan.global_batch
-        from tqdm import tqdm
-        with tqdm(total=total, initial=done, unit='clip', disable=not (self.ctx.is_main and config.progress),
-                  dynamic_ncols=True, mininterval=1.0, desc='fine-tuning') as bar:
+        with progress_bar(total, 'clip', self.ctx.is_main and config.progress, 'fine-tuning', initial=done) as bar:
             if self.position.end_of_epoch_pending:
                 self.finish_epoch(self.position.epoch - 1)
             while self.position.epoch < config.epochs:
@@ -551,8 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.pretrained = args.pretrained or bool(args.weights_file)
-    # The kept heap (zoo.heap) makes a CPU training step ~1.4x faster for 11-39% more peak memory: not with
-    # --grad-checkpointing, whose point is memory (it would use more than a plain run on the default heap).
+    # The kept heap (zoo.heap) makes a CPU training step faster for more peak memory (benchmarks/bench_train.py,
+    # docs/finetuning.md): not with --grad-checkpointing, whose point is memory.
     return run_job(lambda ctx, console: train_and_test(args, ctx, console), args.device, args.dist_timeout,
                    keep_heap=not args.grad_checkpointing)
 

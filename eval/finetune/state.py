@@ -154,11 +154,6 @@ class MetricsLog:
             self.tensorboard.close()
 
 
-def read_metrics(out_dir: str) -> List[dict]:
-    with open(os.path.join(out_dir, METRICS), newline='', encoding='utf-8') as f:
-        return list(csv.DictReader(f))
-
-
 def _format(value) -> str:
     if value is None:
         return ''

@@ -34,6 +34,18 @@ class Console:
             print(f'error: {text}', file=sys.stderr, flush=True)
 
 
+
+def progress_bar(total: int, unit: str, enabled: bool, desc: Optional[str] = None, initial: int = 0):
+    """The progress bar of every job (rank 0's, when ``enabled``), redrawn at most once a second."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
+                desc=desc)
+
+
+def rank_label(world_size: int) -> Optional[str]:
+    """The bar's label under torchrun (rank 0 shows its own share), None in a single process."""
+    return f'rank 0 of {world_size}' if world_size > 1 else None
+
 def protocol_text(spec: ViewSpec, fully_conv: bool, aggregation: str) -> str:
     clips = ('the centre clip' if spec.temporal_clips == 1 else
              f'{spec.temporal_clips} clips starting at floor(N*k/{spec.temporal_clips})')

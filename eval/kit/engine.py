@@ -23,7 +23,7 @@ import torch
 from eval.data.presets import Benchmark, get_benchmark
 from eval.kit.config import (RunConfig, RunRequest, check_request, clip_size_problem, model_num_classes,
                              resolve_config)
-from eval.kit.console import Console, print_header, print_outcome, protocol_text
+from eval.kit.console import Console, print_header, print_outcome, protocol_text, rank_label
 from eval.data.records import LabelMap, VideoRecord, read_list_file
 from eval.kit.distributed import DistContext, rank_device
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
@@ -173,7 +173,7 @@ def score(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: Di
     """Phase 3: this rank's share of the videos, each appended to the store as it finishes."""
     return score_shard(ctx, prepared.store, prepared.plan, model, prepared.records, config,
                        progress=ctx.is_main and not (config.request.no_progress or config.request.quiet),
-                       progress_desc=f'rank 0 of {ctx.world_size}' if ctx.distributed else None)
+                       progress_desc=rank_label(ctx.world_size))
 
 
 def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):

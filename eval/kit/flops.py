@@ -1,12 +1,8 @@
 """FLOP and parameter report of a zoo model with fvcore, per view and per video of a multi-view test.
-
-    python -m eval.flops i3d_r50 --views 3x10
+The command line is eval.score.flop_report (python -m eval.flops).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
@@ -15,7 +11,7 @@ import torch
 
 import zoo
 
-from eval.kit.config import fully_conv_head, parse_views, view_spec
+from eval.kit.config import fully_conv_head, view_spec
 
 
 @dataclass
@@ -97,25 +93,3 @@ def flop_report(model_name: str, views: Tuple[int, int] = (1, 1), frames: Option
     return count_flops(model, spec.num_frames, spec.crop_size, model_name=model_name, views=views)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('model', nargs='?', default='i3d_r50', help='a name from zoo.list_models()')
-    parser.add_argument('--views', default='1x1', help='SxT: spatial crops x temporal clips (default 1x1)')
-    parser.add_argument('--frames', type=int, help='frames per view (default: the model config)')
-    parser.add_argument('--crop', type=int, help='crop size (default: 224 for 1x1, else the test crop)')
-    parser.add_argument('--json', help='also write the report as JSON here')
-    args = parser.parse_args(argv)
-    try:
-        views = parse_views(args.views)
-        report = flop_report(args.model, views, args.frames, args.crop)
-    except (KeyError, ValueError) as e:
-        parser.exit(2, f'error: {e.args[0] if e.args else e}\n')
-    print(report.table())
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report.to_dict(), f, indent=2)
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

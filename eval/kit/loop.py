@@ -17,6 +17,7 @@ import torch
 
 from zoo.inference import PRECISIONS
 
+from eval.kit.console import progress_bar
 from eval.kit.config import fully_conv_head
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
@@ -195,8 +196,6 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     one, and at once for a failure), so a caller can store them durably while the run goes on. ``dataset``
     replaces the decoding (benchmarks time the loop with it).
     """
-    from tqdm import tqdm
-
     spec, device = config.spec, torch.device(config.device)
     records = list(records)
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
@@ -214,8 +213,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     batcher = ViewBatcher(net, call_kwargs, normalise, meter, records, report, config.batch_size, device,
                           _AUTOCAST_DTYPES.get(config.precision) if not config.fast_path else None)
     start = time.perf_counter()
-    bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
-               desc=progress_desc)
+    bar = progress_bar(len(dataset), 'video', progress, progress_desc)
     with torch.inference_mode():
         for item in loader:
             if isinstance(item, FailedVideo):

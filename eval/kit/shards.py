@@ -10,8 +10,9 @@ from typing import Dict, List, Optional, Sequence
 
 
 from eval.data.records import VideoRecord
-from eval.kit.distributed import DistContext, shard
+from eval.kit.distributed import DistContext
 from eval.kit.meter import MultiViewMeter
+from eval.kit.resume import agree_on_finished, remaining_work
 from eval.kit.loop import EvalResult, Failure, VideoOutcome, evaluate
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, merge, video_keys
 from eval.data.views import ViewSpec
@@ -86,17 +87,12 @@ def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord
     are never scored: the result lists them from their records."""
     keys = video_keys([r.video_id for r in records])
     local, _ = store.load()
-    done: Dict[str, str] = {}
-    for statuses in ctx.all_gather({k: v.status for k, v in local.items()}, 'agreeing on finished videos'):
-        for key, status in statuses.items():
-            if done.get(key) != SCORED:
-                done[key] = status
     wanted = set(keys)
-    done = {k: s for k, s in done.items() if k in wanted}
-    todo = [i for i, k in enumerate(keys) if records[i].path is not None
-            and (k not in done or (retry_failed and done[k] == FAILED))]
-    retried = sum(1 for i in todo if keys[i] in done)
-    return Plan(keys, done, todo, shard(todo, ctx.rank, ctx.world_size), retried)
+    finished = {k: v for k, v in agree_on_finished(ctx, {k: (v.status == SCORED, None) for k, v in local.items()}).items()
+                if k in wanted}
+    found = [i for i, r in enumerate(records) if r.path is not None]
+    todo, mine, retried = remaining_work(ctx, found, keys, finished, retry_failed)
+    return Plan(keys, {k: SCORED if ok else FAILED for k, (ok, _) in finished.items()}, todo, mine, retried)
 
 
 def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, config, progress: bool = False,

@@ -1,1 +1,2 @@
-"""The scoring job: the command lines of the benchmark engine (python -m eval, python -m eval.kinetics)."""
+"""The scoring job: its command lines over the kit's benchmark engine: python -m eval and python -m eval.kinetics
+(cli), python -m eval.report (rescore: re-score or ensemble saved runs), python -m eval.flops (flop_report)."""
