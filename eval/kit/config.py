@@ -107,7 +107,9 @@ class RunConfig:
 
 def fully_conv_head(cfg, crop_size: int) -> bool:
     """The Caffe2 fully-convolutional test head runs when the crop exceeds the training crop (256 > 224):
-    tools/test_net_video.py sets CROP_SIZE = JITTER_SCALES[0] with TEST_FULLY_CONV."""
+    tools/test_net_video.py sets CROP_SIZE = JITTER_SCALES[0] with TEST_FULLY_CONV. The crops decide, for every
+    model: the configs carry no head flag (Inception-I3D's published test, a centre 224 crop, runs the plain
+    head by this rule; a larger crop of it has no published head and gets the Caffe2 one)."""
     return cfg is not None and crop_size > cfg.crop_size
 
 

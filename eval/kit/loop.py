@@ -71,11 +71,6 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
             yield k * len(plan.boxes) + s, view
 
 
-def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
-    """``fully_conv=True`` when eval.kit.config.fully_conv_head says the Caffe2 test head applies."""
-    return {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop_size) else {}
-
-
 @dataclass
 class Failure:
     """A video of the result that was not scored: missing (never found) or failed (found, not decodable)."""
