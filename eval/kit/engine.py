@@ -27,12 +27,13 @@ from eval.data.presets import Benchmark, get_benchmark
 from eval.kit.config import RunConfig, RunRequest, check_request, model_num_classes, resolve_config
 from eval.kit.console import Console, print_header, print_outcome, protocol_text
 from eval.data.records import DataNotFound, LabelMap, VideoRecord, read_list_file
-from eval.kit.distributed import DistContext, RankFailure, init_distributed, rank_device
+from eval.kit.distributed import DistContext, RankFailure, init_distributed
 from eval.kit.flops import count_flops
 from eval.kit.report import json_safe, metrics_over_annotated, write_run
 from eval.kit.shards import (Plan, ShardReport, build_manifest, check_free_space, collect_on_main, describe_store_counts,
                         plan_work, probe_writable, result_from_store, score_shard, weights_fingerprint)
 from eval.kit.loop import EvalResult
+from eval.kit.runtime import resolve_device
 from eval.kit.store import ScoreStore, check_run_dir
 
 RANDOM_WEIGHTS_NOTE = ('RANDOM WEIGHTS: this model is untrained, so its accuracy means nothing; '
@@ -118,6 +119,7 @@ def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.
     """Phase 1: the frozen configuration (and the model it names, loaded once)."""
     try:
         check_request(request)
+        device = resolve_device(request.device, ctx)
         benchmark = get_benchmark(request.benchmark)
         benchmark.split(request.split)
     except ValueError as e:
@@ -129,7 +131,7 @@ def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.
     name, model, weights, notes = _choose_model(request, classes)
     stamp = ctx.broadcast_from_main(datetime.datetime.now().strftime('%Y%m%d-%H%M%S'), 'agreeing on the run name')
     try:
-        config = resolve_config(request, name, model, weights, classes, rank_device(ctx, request.device),
+        config = resolve_config(request, name, model, weights, classes, device,
                                 ctx.local_world_size, stamp)
     except ValueError as e:
         raise RunError(str(e)) from e

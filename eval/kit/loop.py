@@ -8,25 +8,19 @@ path (zoo.inference: BatchNorm folded, channels_last_3d) in fp32; reduced precis
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
-from zoo.inference import PRECISIONS
 
 from eval.kit.config import fully_conv_head, model_class_names
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
-
-_AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def default_device() -> torch.device:
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+from eval.kit.runtime import job_backend, pin_memory, resolve_device, resolve_precision, to_device
 
 
 class ViewNormalizer:
@@ -94,9 +88,9 @@ class VideoOutcome:
 
 def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = 'fp32', fast_path: bool = True,
                   compile: bool = False) -> torch.nn.Module:
-    """The module the runner calls: the zoo fast path (exact in fp32), or the plain eager model."""
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    """The module the runner calls: the zoo fast path (exact in fp32; reduced precision casts its weights), or
+    the plain eager model (reduced precision: the runner's autocast)."""
+    resolve_precision(precision, device)
     from zoo.inference import InferenceModel, prepare_for_inference
     if not fast_path:
         model = model.to(device).eval()
@@ -137,15 +131,15 @@ def _identity(item):
 
 class ViewBatcher:
     """Views of consecutive videos share forward passes of up to ``batch_size`` views; each video is reported
-    (``report``) as soon as its last view is scored. ``autocast_dtype``: the eager model's reduced precision
-    (the fast path applies its own)."""
+    (``report``) as soon as its last view is scored. ``autocast``: the context of every forward pass (the
+    eager model's reduced precision; a null context for the fast path, which applies its own)."""
 
     def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
                  records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
-                 device: torch.device, autocast_dtype: Optional[torch.dtype]):
+                 device: torch.device, autocast: Callable[[], ContextManager]):
         self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
         self.records, self.report, self.batch_size = records, report, batch_size
-        self.device, self.autocast_dtype = device, autocast_dtype
+        self.device, self.autocast = device, autocast
         self.views: List[torch.Tensor] = []
         self.videos: List[int] = []
 
@@ -159,8 +153,7 @@ class ViewBatcher:
         if not self.views:
             return
         x = self.normalise(torch.stack(self.views))
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with self.autocast():
             out = self.model(x, **self.call_kwargs)
         meter = self.meter
         meter.add(self.videos, out.float().cpu().numpy())
@@ -200,14 +193,15 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     from tqdm import tqdm
 
     cfg = cfg if cfg is not None else model.pretrained_cfg
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
+    run_precision = resolve_precision(precision, device)
     fps = fps if fps is not None else cfg.fps
     records = list(records)
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=_identity, pin_memory=device.type == 'cuda')
+                                         collate_fn=_identity, pin_memory=pin_memory(device))
     meter = MultiViewMeter(len(records), spec.num_views, num_classes or len(model_class_names(cfg)),
                            aggregation=aggregation)
     normalise = ViewNormalizer.from_cfg(cfg)
@@ -220,18 +214,18 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
     report = on_results or (lambda outcomes: None)
 
     batcher = ViewBatcher(model, call_kwargs, normalise, meter, records, report, batch_size, device,
-                          _AUTOCAST_DTYPES.get(precision) if not fast_path else None)
+                          run_precision.autocast if not fast_path else contextlib.nullcontext)
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), unit='video', disable=not progress, dynamic_ncols=True, mininterval=1.0,
                desc=progress_desc)
-    with torch.inference_mode():
+    with torch.inference_mode(), job_backend(device, run_precision):
         for item in loader:
             if isinstance(item, FailedVideo):
                 result.failures.append(Failure(item.index, item.record, item.reason))
                 report([VideoOutcome(item.index, item.record, False, reason=item.reason)])
             else:
                 meter.set_label(item.index, item.record.label)
-                for _, view in iter_views(item, item.frames.to(device, non_blocking=True)):
+                for _, view in iter_views(item, to_device(item.frames, device)):
                     batcher.add(item.index, view)
             bar.update(1)
             _show_progress(bar, meter, len(result.failures))
