@@ -38,10 +38,10 @@ from PIL import Image
 import zoo
 from benchmarks.machine import machine_load, write_report
 from benchmarks.timing import best_seconds
-from eval.kit.config import parse_views, view_spec
+from eval.kit.config import fully_conv_head, parse_views, view_spec
 from eval.data.records import VideoRecord, VideoSample
 from eval.data.decode import EXACT, DecodeOptions, FrameFolder, VideoFile, load_views_frames, open_source, resize_short_side
-from eval.kit.loop import iter_views, model_call_kwargs
+from eval.kit.loop import iter_views
 from eval.data.views import ViewPlan, ViewSampler, ViewSpec
 
 MODEL = 'i3d_r50'   # its Caffe2 Kinetics test: 32 frames at rate 2, 3 crops x 10 clips, short side 256, crop 256
@@ -300,7 +300,7 @@ def network_clips_per_s(model_name: str = MODEL, frames: int = 32, crop: int = 2
     from zoo.inference import prepare_for_inference
     net = prepare_for_inference(zoo.create_model(model_name))
     x = torch.randn(batch, 3, frames, crop, crop)
-    head = model_call_kwargs(net, crop)
+    head = {'fully_conv': True} if fully_conv_head(net.pretrained_cfg, crop) else {}
     seconds, _ = best_seconds(lambda: net(x, **head), repeats, warmup=1)
     return batch / seconds
 

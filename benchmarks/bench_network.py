@@ -7,7 +7,7 @@ Network: clips/s of i3d_r50 at 32x224 and 32x256 for each fast-path variant, as 
 float32 baseline (contiguous NCDHW, BatchNorm unfused, no_grad) and as a fraction of the machine's measured
 peak for the same precision (benchmarks/machine.py: the best of a few GEMM shapes and a large 1x1x1
 convolution), with each variant's max relative logit error and top-1 agreement against the baseline. The
-head runs as the runner would run it (eval.kit.loop.model_call_kwargs), and the FLOPs are eval.kit.flops' count
+head runs as the runner would run it (eval.kit.config.fully_conv_head), and the FLOPs are eval.kit.flops' count
 of that same head. Data: videos/s of the 3x10 view pipeline against a naive per-view PIL loader
 (benchmarks/bench_data.py). End to end: videos/s of the runner.
 """
@@ -28,7 +28,7 @@ import zoo
 from benchmarks.machine import Peak, machine_info, machine_load, machine_peak, write_report
 from benchmarks.timing import best_seconds
 from eval.kit.flops import flop_report
-from eval.kit.loop import model_call_kwargs
+from eval.kit.config import fully_conv_head
 from zoo.inference import prepare_for_inference
 
 
@@ -103,7 +103,8 @@ def bench_network(model_name: str, sizes: List[str], batch: int, clips: int, dev
     for size in sizes:
         frames, crop = (int(v) for v in size.split('x'))
         flops = 2 * flop_report(model_name, frames=frames, crop=crop, model=model).flops_per_view
-        head = model_call_kwargs(model, crop)     # the head the FLOPs were counted for, as the runner runs it
+        # the head the FLOPs were counted for, as the runner runs it
+        head = {'fully_conv': True} if fully_conv_head(model.pretrained_cfg, crop) else {}
         gen = torch.Generator().manual_seed(1)
         inputs = [torch.randn(batch, 3, frames, crop, crop, generator=gen).to(device)
                   for _ in range(max(1, clips // batch))]
@@ -182,7 +183,7 @@ def breakdowns(model_name: str, size: str, batch: int, device: torch.device,
     frames, crop = (int(v) for v in size.split('x'))
     model = _with_realistic_statistics(zoo.create_model(model_name))
     conv_flops = flop_report(model_name, frames=frames, crop=crop, model=model).by_operator.get('conv', 0.0)
-    head = model_call_kwargs(model, crop)
+    head = {'fully_conv': True} if fully_conv_head(model.pretrained_cfg, crop) else {}
     x = torch.randn(batch, 3, frames, crop, crop)
     variants = {'eager fp32 (baseline)': model,
                 'fast fp32 (folded BN + channels_last)': prepare_for_inference(model),

@@ -45,8 +45,9 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     import zoo
     if heap == 'kept':
         zoo.keep_freed_memory()
-    from eval.finetune import recipe as rc
+    import eval.finetune.recipe as rc
     from eval.kit.loop import ViewNormalizer
+    from eval.kit.runtime import resolve_precision
     frames, crop = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
     model = zoo.create_model(model_name, num_classes=101).to(device)
@@ -55,13 +56,14 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     rc.set_trainable(model, bn, freeze_backbone=False)
     rc.set_train_mode(model, bn, freeze_backbone=False)
     optimizer = rc.make_optimizer(model, lr=0.01)
-    scaler = rc.make_scaler(precision, device)
+    run_precision = resolve_precision(precision, device, training=True)
+    scaler = run_precision.make_scaler()
     normalise = ViewNormalizer.from_cfg(model.pretrained_cfg)
     clips = torch.randint(0, 256, (batch, frames, crop, crop, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 101, (batch,), device=device)
 
     def step():
-        with rc.autocast(precision, device):
+        with run_precision.autocast():
             logits = model(normalise(clips))
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         scaler.scale(loss).backward()

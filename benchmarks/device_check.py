@@ -22,8 +22,8 @@ counted by torch.utils.flop_counter on the network (pooling and element-wise wor
 counts 3x the forward (forward, and backward for activations and weights): an estimate.
 Recorded with them: torch, CUDA and cuDNN versions, the device name, the TF32 switches
 (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) and cudnn.benchmark, as this
-process found them (no job of this repository changes them, so the jobs' subprocesses run with the same), the
-machine's load before and after.
+process found them (each job sets them for its own run, eval.kit.runtime.job_backend: TF32 off for fp32 and on
+for bf16 / fp16, cudnn.benchmark on; put back when the job ends), the machine's load before and after.
 
 The tests: the rows of ``TESTS`` below (pytest, one run per row), the test files that go through device choice
 and precision. The jobs' command lines default to CUDA when it is present, so with ``--device cuda`` their tests
@@ -74,6 +74,8 @@ MODEL = 'i3d_r50'
 # The jobs' command lines (eval, eval.features, eval.finetune) pick CUDA when present: their tests below run on
 # the GPU with --device cuda. Kept under ~4 minutes on 2 CPU cores in all.
 TESTS = (
+    ('tests/test_runtime.py', None, None,
+     'the runtime rules: precision table, device choice, TF32 and cudnn.benchmark per job, pinned copies'),
     ('tests/test_zoo_inference.py', None, 'bf16 or precision',
      'the fast path: folded BN, bf16 with a float32 head, an unknown precision refused, torch.compile'),
     ('tests/test_benchmarks.py', 'best_seconds or peak', 'best_seconds',

@@ -5,8 +5,8 @@ import torch
 
 import zoo
 from eval.data.records import VideoRecord, VideoSample
-from eval.kit.config import library_config
-from eval.kit.loop import ViewNormalizer, evaluate, iter_views, model_call_kwargs
+from eval.kit.config import fully_conv_head, library_config
+from eval.kit.loop import ViewNormalizer, evaluate, iter_views
 from eval.data.synthetic import write_synthetic_video
 from eval.data.views import CropBox, ViewPlan, ViewSpec
 
@@ -88,6 +88,6 @@ def test_bgr_models_get_their_channels_reversed():
 
 def test_fully_conv_head_is_requested_only_for_crops_larger_than_the_training_crop():
     model = TinyVideoNet()                      # crop_size 224
-    assert model_call_kwargs(model, 256) == {'fully_conv': True}
-    assert model_call_kwargs(model, 224) == {}
-    assert model_call_kwargs(torch.nn.Identity(), 256) == {}
+    assert fully_conv_head(model.pretrained_cfg, 256) is True
+    assert fully_conv_head(model.pretrained_cfg, 224) is False
+    assert fully_conv_head(getattr(torch.nn.Identity(), 'pretrained_cfg', None), 256) is False

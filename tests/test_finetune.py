@@ -14,7 +14,7 @@ from torch import nn
 
 import eval.finetune.job
 import zoo
-from eval.finetune import recipe as rc
+import eval.finetune.recipe as rc
 from eval.kit.config import model_class_names
 from eval.finetune.state import load_training_state
 from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,

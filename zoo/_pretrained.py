@@ -57,12 +57,13 @@ class VideoPretrainedCfg(Mapping):
     value_range: Tuple[float, float] = (0.0, 255.0)   # range of the pixels before mean/std
     mean: Tuple[float, ...] = (114.75, 114.75, 114.75)
     std: Tuple[float, ...] = (57.375, 57.375, 57.375)
-    interpolation: str = 'bilinear'          # test-time resize (Caffe2: cv::resize, bilinear)
+    # test-time resize filter (Caffe2: cv::resize, bilinear), for timm's data config (timm_fields); eval's
+    # decoders resize bilinearly whatever it says, so every entry declares 'bilinear' (tests/test_runtime.py)
+    interpolation: str = 'bilinear'
     crop_size: int = 224                     # training crop, used for single-view testing
     test_scale: int = 256                    # short side the videos are resized to for testing
     test_crop_size: int = 256                # crop of the multi-view (fully-convolutional) test
     test_views: Tuple[int, int] = (3, 10)    # (spatial crops, temporal clips) of the published test
-    fully_conv_test: bool = True             # published test runs the classifier at every position
     # --- output
     num_classes: int = 400
     label_set: Optional[str] = 'kinetics400'

@@ -365,7 +365,7 @@ default_cfgs = {
         min_crop_size=MIN_SIZE, pool_size=mixed_5c_size(64, 224),
         # DeepMind feeds RGB rescaled to [-1, 1]: (x - 127.5) / 127.5 on 0..255 pixels.
         value_range=(0.0, 255.0), mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
-        crop_size=224, test_scale=256, test_crop_size=224, test_views=(1, 1), fully_conv_test=False,
+        crop_size=224, test_scale=256, test_crop_size=224, test_views=(1, 1),
         num_classes=400, label_set='kinetics400', class_names=kinetics400_class_names(),
         classifier='logits', first_conv='Conv3d_1a_7x7.conv',
         top1=None, top5=None, paper_top1=None, eval_protocol=None,

@@ -9,6 +9,7 @@ A record whose video is missing keeps a reason instead of a path: it is counted,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -367,6 +368,10 @@ class VideoSample:
     record: VideoRecord
     plan: ViewPlan
     frames: torch.Tensor        # (U, H, W, 3) uint8
+
+    def pin_memory(self) -> 'VideoSample':
+        """The DataLoader's pin_memory=True (a CUDA device) calls this: the frames in page-locked memory."""
+        return dataclasses.replace(self, frames=self.frames.pin_memory())
 
 
 @dataclass

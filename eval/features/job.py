@@ -30,7 +30,7 @@ from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
 from eval.kit.console import RULE, Console, progress_bar, rank_label
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
-from eval.kit.distributed import DistContext, rank_device, shard
+from eval.kit.distributed import DistContext, shard
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
 from eval.kit.models import load_model, weights_fingerprint
 from eval.kit.resume import agree_on_finished, remaining_work
@@ -42,6 +42,9 @@ from eval.features.presets import OVERRIDABLE, PRESETS, FeatureSettings, output_
 from eval.features.stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
 from eval.kit.rundir import claim_run_dir, probe_writable
+from eval.kit.runtime import job_backend, pin_memory, resolve_device, resolve_precision
+
+PRECISION = 'fp32'          # the job has no --precision: features are float32 (the fast path, exact)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -103,17 +106,13 @@ def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_pat
     return {'format_version': FORMAT_VERSION, 'model': model_info['name'],
             'state_dict_sha256': model_info['state_dict_sha256'], 'layer_module': model_info['layer_module'],
             'settings': settings.identity(), 'array_format': fmt,
-            'network': {'fast_path': fast_path, 'compile': compile, 'precision': 'fp32'}}
+            'network': {'fast_path': fast_path, 'compile': compile, 'precision': PRECISION}}
 
 
 def snippets_per_forward(settings: FeatureSettings, batch_size: Optional[int], device: torch.device) -> int:
     """Whole snippets (all their crops) per forward pass: --batch-size clips, else the engine's default,
     and never less than one snippet."""
     return max(1, (batch_size or default_batch_size(device)) // settings.crops)
-
-
-def default_device() -> torch.device:
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
 # ----------------------------------------------------------------------------------- Python API
@@ -134,14 +133,15 @@ def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r5
     else:
         name = getattr(getattr(model, 'pretrained_cfg', None), 'architecture', None) or type(model).__name__
         weights = {'kind': 'given', 'source': None}
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     info = model_description(name, model, weights, settings.layer)
     net = prepare_feature_model(model, settings.layer, device, fast_path, compile)
     mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
     accumulator, video = FeatureAccumulator(), None
-    for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
-        video = accumulator.add(chunk, run_chunk(net, chunk, settings, mean, std, device)) or video
+    with job_backend(device, resolve_precision(PRECISION, device)):
+        for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
+            video = accumulator.add(chunk, run_chunk(net, chunk, settings, mean, std, device)) or video
     array = arrange(video.features, settings)
     sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
                             run_identity(info, settings, 'npy', fast_path, compile), info)
@@ -341,14 +341,18 @@ def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan:
 
 def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
     started = time.time()
+    try:
+        device = resolve_device(config.device, ctx)
+    except ValueError as e:
+        raise RunError(str(e)) from e
     run = resolve_run(config, ctx)
     open_out(config, run, ctx)
     plan = plan_work(config, run, ctx)
-    device = rank_device(ctx, config.device)
     workers = config.workers if config.workers is not None else default_workers(ctx.local_world_size)
     per_forward = snippets_per_forward(run.settings, config.batch_size, device)
     print_header(console, config, run, plan, device, workers, per_forward, ctx)
-    results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward)
+    with job_backend(device, resolve_precision(PRECISION, device)):
+        results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward)
     gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
     if not ctx.is_main:
         return 0
@@ -447,7 +451,7 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
     net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, config.compile)
     stream = FeatureStream(mine, run.settings, per_forward)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
-                                         collate_fn=_identity)
+                                         collate_fn=_identity, pin_memory=pin_memory(device))
     accumulator = FeatureAccumulator()
     bar = progress_bar(len(mine), 'video', ctx.is_main and not config.no_progress, rank_label(ctx.world_size))
     snippets, start = 0, time.perf_counter()

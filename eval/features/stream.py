@@ -10,6 +10,7 @@ snippet of a chunk into one batch and runs one forward pass.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +20,7 @@ import torch
 from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
 from eval.data.snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
+from eval.kit.runtime import to_device
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class SnippetChunk:
     @property
     def last(self) -> bool:
         return self.meta is not None
+
+    def pin_memory(self) -> 'SnippetChunk':
+        """The DataLoader's pin_memory=True (a CUDA device) calls this: the pixels in page-locked memory."""
+        return dataclasses.replace(self, frames=self.frames.pin_memory(), rows=self.rows.pin_memory())
 
 
 @dataclass
@@ -352,7 +358,8 @@ def chunk_crops(chunk: SnippetChunk, settings: FeatureSettings) -> List[Crop]:
 def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, mean, std, device: torch.device) -> np.ndarray:
     """(B, C, D) float32 features of a chunk's B snippets x C crops, in one forward pass."""
     crops = chunk_crops(chunk, settings)
-    x = snippet_batch(chunk.frames.to(device), chunk.rows.to(device), crops, mean, std)
+    frames, rows = to_device((chunk.frames, chunk.rows), device)
+    x = snippet_batch(frames, rows, crops, mean, std)
     with torch.inference_mode():
         out = model(x)
     return out.float().cpu().numpy().reshape(chunk.rows.shape[0], len(crops), -1)

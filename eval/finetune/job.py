@@ -35,12 +35,14 @@ from eval.data.presets import BENCHMARKS, get_benchmark
 from eval.kit.config import RunRequest, clip_size_problem, default_workers, model_class_names, parse_views
 from eval.kit.console import Console, progress_bar
 from eval.data.records import LabelMap, VideoRecord
-from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
+from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext
 from eval.kit.job import RunError, decide_on_main, fail_together, run_job
 from eval.kit.models import load_model
 from eval.kit.engine import run_with_summary
 from eval.kit.rundir import probe_writable
 from eval.kit.loop import ViewNormalizer
+from eval.kit.runtime import (PRECISION_NAMES, job_backend, pin_memory, resolve_device, resolve_precision,
+                               to_device)
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
                           load_training_state, restore_rng, save_training_state)
@@ -141,8 +143,8 @@ def resolve(args: argparse.Namespace, ctx: DistContext) -> FinetuneConfig:
             zoo.model_entrypoint(args.model)          # raises with close matches
         cfg = zoo.get_pretrained_cfg(args.model)
         plan = batch_plan(args.batch_size, args.accum_steps, ctx.world_size)
-        device = rank_device(ctx, args.device)
-        rc.check_precision(args.precision, device)
+        device = resolve_device(args.device, ctx)
+        resolve_precision(args.precision, device, training=True)
         spec = TrainSpec.from_cfg(cfg, args.frames, args.rate, args.crop,
                                   tuple(args.scales) if args.scales else None)
         problem = clip_size_problem(args.model, cfg, spec.num_frames, spec.crop_size)
@@ -258,7 +260,8 @@ class Trainer:
             warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
             milestones=[e * self.steps_per_epoch for e in config.lr_steps] or rc.default_milestones(total))
         self.scheduler = rc.make_scheduler(self.optimizer, self.factor)
-        self.scaler = rc.make_scaler(config.precision, self.device)
+        self.precision = resolve_precision(config.precision, self.device, training=True)
+        self.scaler = self.precision.make_scaler()
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
         self.normalise = ViewNormalizer.from_cfg(self.model.pretrained_cfg)
         self.position = Position()
@@ -303,15 +306,15 @@ class Trainer:
                                    start_step)
         # a private generator: creating the loader must not draw from the global one (dropout's)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.config.workers,
-                                           pin_memory=self.device.type == 'cuda', generator=torch.Generator())
+                                           pin_memory=pin_memory(self.device), generator=torch.Generator())
 
     def micro_step(self, clips: torch.Tensor, labels: torch.Tensor, sync: bool) -> Tuple[float, int]:
         """Forward and backward of one micro-batch; (sum of losses, correct) over its clips."""
-        x = self.normalise(clips.to(self.device, non_blocking=True))
-        labels = labels.to(self.device, non_blocking=True)
+        clips, labels = to_device((clips, labels), self.device)
+        x = self.normalise(clips)
         no_sync = self.net.no_sync if self.ctx.distributed and not sync else contextlib.nullcontext
         with no_sync():
-            with rc.autocast(self.config.precision, self.device):
+            with self.precision.autocast():
                 logits = self.net(x)
             loss = F.cross_entropy(logits.float(), labels)
             self.scaler.scale(loss / self.config.plan.accum_steps).backward()
@@ -478,7 +481,8 @@ def train_and_test(args: argparse.Namespace, ctx: DistContext, console: Console)
     trainer = Trainer(config, records, model, ctx, console)
     describe(config, trainer, console)
     trainer.resume()
-    trainer.run()
+    with job_backend(trainer.device, trainer.precision):
+        trainer.run()
     return final_test(trainer, console)
 
 
@@ -523,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f'BatchNorm: train; frozen (eval mode, affine trained); frozen-affine (nothing trained); '
                         f'auto (default): frozen below {rc.MIN_BN_BATCH} clips per device, else train')
     o.add_argument('--freeze-backbone', action='store_true', help='train the new head only (linear probe)')
-    o.add_argument('--precision', choices=rc.TRAIN_PRECISIONS, default='fp32',
+    o.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
                    help='fp32, bf16 (CPU or GPU autocast) or fp16 (GPU, with a loss scaler)')
     o.add_argument('--grad-checkpointing', action='store_true', help='recompute activations in backward')
     o.add_argument('--seed', type=int, default=0)

@@ -1,5 +1,6 @@
 """The optimisation recipe of fine-tuning: which parameters train and decay, SGD with Nesterov momentum, the
-learning-rate schedule (linear warmup, then steps or a cosine), frozen BatchNorm, mixed precision.
+learning-rate schedule (linear warmup, then steps or a cosine), frozen BatchNorm, and the CPU bf16 clip check
+(the precisions themselves, autocast and the loss scaler: eval.kit.runtime).
 
 Defaults follow video-nonlocal-net where it has one: lib/core/config.py sets SOLVER.NESTEROV True,
 SOLVER.MOMENTUM 0.9, SOLVER.WEIGHT_DECAY 1e-4 (its linear warmup, SOLVER.WARMUP, is off by default); its
@@ -8,7 +9,6 @@ the warmup's start at 0.1 of the rate, the step milestones and the frozen-BN thr
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -24,7 +24,6 @@ SCHEDULES = ('cosine', 'step')
 BN_MODES = ('auto', 'train', 'frozen', 'frozen-affine')
 # ours: below this many clips per device, batch statistics are too noisy to train BN on ('auto')
 MIN_BN_BATCH = 8
-TRAIN_PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -121,21 +120,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, factor: LRFactor) -> torch.
 
 # ------------------------------------------------------------------------------------------- precision
 
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision not in TRAIN_PRECISIONS:
-        raise ValueError(f'--precision must be one of {TRAIN_PRECISIONS}, got {precision!r}')
-    if precision == 'fp16' and device.type != 'cuda':
-        raise ValueError('--precision fp16 trains with a loss scaler on a GPU only; on CPU use bf16')
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 (CPU or GPU) or fp16 (GPU) autocast around the forward pass and loss; nothing for fp32."""
-    if precision == 'fp32':
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def short_clip_bf16_convs(model: nn.Module, frames: int, crop: int) -> List[str]:
     """The Conv3d layers of ``model`` whose input, for a ``frames`` x ``crop`` x ``crop`` clip, has more than one
     frame but fewer than the layer's temporal kernel (e.g. 2 frames into a 3x1x1 convolution).
@@ -166,11 +150,6 @@ def short_clip_bf16_convs(model: nn.Module, frames: int, crop: int) -> List[str]
         for m, training in modes.items():
             m.training = training
     return found
-
-
-def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """A loss scaler for fp16 (disabled otherwise, so its state dict is saved and restored alike)."""
-    return torch.amp.GradScaler(device.type if device.type == 'cuda' else 'cpu', enabled=precision == 'fp16')
 
 
 def default_milestones(total_steps: int) -> List[int]:

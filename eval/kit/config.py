@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 import zoo
-from zoo.inference import PRECISIONS
 
 from eval.kit.distributed import DEFAULT_TIMEOUT_S, usable_cpus
+from eval.kit.runtime import precision_rule, resolve_precision
 from eval.data.views import ViewSpec
 
 AGGREGATIONS = ('softmax', 'logits')
@@ -111,7 +111,9 @@ class RunConfig:
 
 def fully_conv_head(cfg, crop_size: int) -> bool:
     """The Caffe2 fully-convolutional test head runs when the crop exceeds the training crop (256 > 224):
-    tools/test_net_video.py sets CROP_SIZE = JITTER_SCALES[0] with TEST_FULLY_CONV."""
+    tools/test_net_video.py sets CROP_SIZE = JITTER_SCALES[0] with TEST_FULLY_CONV. The crops decide, for every
+    model: the configs carry no head flag (Inception-I3D's published test, a centre 224 crop, runs the plain
+    head by this rule; a larger crop of it has no published head and gets the Caffe2 one)."""
     return cfg is not None and crop_size > cfg.crop_size
 
 
@@ -171,8 +173,7 @@ def default_out_dir(model_name: str, spec: ViewSpec, stamp: str) -> str:
 
 def check_request(request: RunRequest) -> None:
     """Flag values no rule can repair, refused before anything is loaded."""
-    if request.precision not in PRECISIONS:
-        raise ValueError(f'--precision must be one of {PRECISIONS}, got {request.precision!r}')
+    precision_rule(request.precision)
     if request.aggregate not in AGGREGATIONS:
         raise ValueError(f'--aggregate must be one of {AGGREGATIONS}, got {request.aggregate!r}')
     if not 0 <= request.max_failed <= 1:
@@ -194,7 +195,8 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
         fully_conv=fully_conv_head(cfg, spec.crop_size),
         class_names=tuple(class_names) if class_names else model_class_names(cfg),
         fps=request.fps or cfg.fps, mean=tuple(cfg.mean), std=tuple(cfg.std), channel_order=cfg.channel_order,
-        precision=request.precision, fast_path=not request.no_fast_path, compile=request.compile,
+        precision=resolve_precision(request.precision, device).name, fast_path=not request.no_fast_path,
+        compile=request.compile,
         batch_size=request.batch_size or default_batch_size(device),
         workers=request.workers if request.workers is not None else default_workers(local_world_size),
         device=str(device), out_dir=request.out or default_out_dir(model_name, spec, stamp), stamp=stamp)

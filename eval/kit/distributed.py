@@ -1,5 +1,5 @@
-"""The process group of an evaluation launched by torchrun: who this process is, its device, its share of
-the videos, and the few collectives the runner needs, each with a timeout so a lost rank never hangs a job."""
+"""The process group of an evaluation launched by torchrun: who this process is, its share of the videos,
+and the few collectives the runner needs, each with a timeout so a lost rank never hangs a job."""
 from __future__ import annotations
 
 import datetime
@@ -110,15 +110,6 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, use_cuda: Optional[bo
         # ranks on one machine share its cores: without this each would start one thread per core
         torch.set_num_threads(max(1, usable_cpus() // ctx.local_world_size))
     return ctx
-
-
-def rank_device(ctx: DistContext, requested: Optional[str]) -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is used (a bare 'cuda' request included), else what was asked, else CPU."""
-    if requested and requested != 'cuda':
-        return torch.device(requested)
-    if torch.cuda.is_available() and requested in (None, 'cuda'):
-        return torch.device('cuda', ctx.local_rank if ctx.distributed else torch.cuda.current_device())
-    return torch.device('cpu')
 
 
 def shard(items: Sequence[int], rank: int, world_size: int) -> List[int]:

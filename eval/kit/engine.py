@@ -25,7 +25,7 @@ from eval.kit.config import (RunConfig, RunRequest, check_request, clip_size_pro
                              resolve_config)
 from eval.kit.console import Console, print_header, print_outcome, protocol_text, rank_label
 from eval.data.records import LabelMap, VideoRecord, read_list_file
-from eval.kit.distributed import DistContext, rank_device
+from eval.kit.distributed import DistContext
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
 from eval.kit.flops import count_flops
 from eval.kit.report import json_safe, metrics_over_annotated, write_run
@@ -34,6 +34,7 @@ from eval.kit.rundir import check_free_space, probe_writable
 from eval.kit.shards import (Plan, ShardReport, build_manifest, collect_on_main, describe_store_counts, plan_work,
                              result_from_store, score_shard)
 from eval.kit.loop import EvalResult
+from eval.kit.runtime import resolve_device
 from eval.kit.store import ScoreStore, check_run_dir
 
 @dataclass
@@ -80,6 +81,7 @@ def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.
     """Phase 1: the frozen configuration (and the model it names, loaded once)."""
     try:
         check_request(request)
+        device = resolve_device(request.device, ctx)
         benchmark = get_benchmark(request.benchmark)
         benchmark.split(request.split)
     except ValueError as e:
@@ -91,7 +93,7 @@ def resolve(request: RunRequest, ctx: DistContext) -> Tuple[RunConfig, torch.nn.
     name, model, weights, notes = _choose_model(request, classes)
     stamp = ctx.broadcast_from_main(datetime.datetime.now().strftime('%Y%m%d-%H%M%S'), 'agreeing on the run name')
     try:
-        config = resolve_config(request, name, model, weights, classes, rank_device(ctx, request.device),
+        config = resolve_config(request, name, model, weights, classes, device,
                                 ctx.local_world_size, stamp)
     except ValueError as e:
         raise RunError(str(e)) from e

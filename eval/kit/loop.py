@@ -8,26 +8,19 @@ path (zoo.inference: BatchNorm folded, channels_last_3d) in fp32; reduced precis
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from zoo.inference import PRECISIONS
-
 from eval.kit.console import progress_bar
-from eval.kit.config import fully_conv_head
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
-
-_AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def default_device() -> torch.device:
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+from eval.kit.runtime import job_backend, pin_memory, resolve_precision, to_device
 
 
 class ViewNormalizer:
@@ -72,11 +65,6 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
             yield k * len(plan.boxes) + s, view
 
 
-def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
-    """``fully_conv=True`` when eval.kit.config.fully_conv_head says the Caffe2 test head applies."""
-    return {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop_size) else {}
-
-
 @dataclass
 class Failure:
     """A video of the result that was not scored: missing (never found) or failed (found, not decodable)."""
@@ -100,9 +88,9 @@ class VideoOutcome:
 
 def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = 'fp32', fast_path: bool = True,
                   compile: bool = False) -> torch.nn.Module:
-    """The module the runner calls: the zoo fast path (exact in fp32), or the plain eager model."""
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    """The module the runner calls: the zoo fast path (exact in fp32; reduced precision casts its weights), or
+    the plain eager model (reduced precision: the runner's autocast)."""
+    resolve_precision(precision, device)
     from zoo.inference import InferenceModel, prepare_for_inference
     if not fast_path:
         model = model.to(device).eval()
@@ -143,15 +131,15 @@ def _identity(item):
 
 class ViewBatcher:
     """Views of consecutive videos share forward passes of up to ``batch_size`` views; each video is reported
-    (``report``) as soon as its last view is scored. ``autocast_dtype``: the eager model's reduced precision
-    (the fast path applies its own)."""
+    (``report``) as soon as its last view is scored. ``autocast``: the context of every forward pass (the
+    eager model's reduced precision; a null context for the fast path, which applies its own)."""
 
     def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
                  records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
-                 device: torch.device, autocast_dtype: Optional[torch.dtype]):
+                 device: torch.device, autocast: Callable[[], ContextManager]):
         self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
         self.records, self.report, self.batch_size = records, report, batch_size
-        self.device, self.autocast_dtype = device, autocast_dtype
+        self.device, self.autocast = device, autocast
         self.views: List[torch.Tensor] = []
         self.videos: List[int] = []
 
@@ -165,8 +153,7 @@ class ViewBatcher:
         if not self.views:
             return
         x = self.normalise(torch.stack(self.views))
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with self.autocast():
             out = self.model(x, **self.call_kwargs)
         meter = self.meter
         meter.add(self.videos, out.float().cpu().numpy())
@@ -197,12 +184,13 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     replaces the decoding (benchmarks time the loop with it).
     """
     spec, device = config.spec, torch.device(config.device)
+    run_precision = resolve_precision(config.precision, device)
     records = list(records)
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
-                                         collate_fn=_identity, pin_memory=device.type == 'cuda')
+                                         collate_fn=_identity, pin_memory=pin_memory(device))
     meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.aggregation)
     normalise = ViewNormalizer(config.mean, config.std, config.channel_order)
     call_kwargs = {'fully_conv': True} if config.fully_conv else {}
@@ -211,17 +199,17 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
                         precision=config.precision, fast_path=config.fast_path)
     report = on_results or (lambda outcomes: None)
     batcher = ViewBatcher(net, call_kwargs, normalise, meter, records, report, config.batch_size, device,
-                          _AUTOCAST_DTYPES.get(config.precision) if not config.fast_path else None)
+                          run_precision.autocast if not config.fast_path else contextlib.nullcontext)
     start = time.perf_counter()
     bar = progress_bar(len(dataset), 'video', progress, progress_desc)
-    with torch.inference_mode():
+    with torch.inference_mode(), job_backend(device, run_precision):
         for item in loader:
             if isinstance(item, FailedVideo):
                 result.failures.append(Failure(item.index, item.record, item.reason))
                 report([VideoOutcome(item.index, item.record, False, reason=item.reason)])
             else:
                 meter.set_label(item.index, item.record.label)
-                for _, view in iter_views(item, item.frames.to(device, non_blocking=True)):
+                for _, view in iter_views(item, to_device(item.frames, device)):
                     batcher.add(item.index, view)
             bar.update(1)
             _show_progress(bar, meter, len(result.failures))

@@ -1,0 +1,173 @@
+"""Where and in what precision a job runs, decided once for every job (scoring, features, fine-tuning): the
+precision table, the device a rank uses, the backend switches of a job on CUDA, and the host-to-device copy.
+
+    device = resolve_device(args.device, ctx)                          # cuda:LOCAL_RANK under torchrun
+    precision = resolve_precision(args.precision, device, training=True)
+    with job_backend(device, precision):                               # TF32, cudnn.benchmark: CUDA only
+        with precision.autocast():
+            logits = net(normalise(to_device(clips, device)))
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ContextManager, Dict, Iterator, Optional, Tuple, Union
+
+import torch
+
+from eval.kit.distributed import DistContext
+
+ANY_DEVICE = None
+
+
+@dataclass(frozen=True)
+class PrecisionRule:
+    """One row of the precision table.
+
+    Inference applies ``dtype`` in one of two ways: the zoo fast path casts the backbone's weights once
+    (zoo.inference.prepare_for_inference, head kept in float32), the eager model (--no-fast-path) runs under
+    autocast. Training runs the forward pass and the loss under autocast; ``scaler``: a GradScaler scales
+    the loss (fp16 gradients underflow without one). ``tf32``: on CUDA, float32 matmuls and convolutions may
+    round their inputs to TF32 (10-bit mantissa): never for fp32, which must compute what the CPU computes;
+    allowed for the 16-bit precisions, whose float32 remainder (the head, the loss) already follows
+    16-bit activations.
+    """
+    name: str
+    dtype: torch.dtype
+    inference_devices: Optional[Tuple[str, ...]]     # device types; ANY_DEVICE: every one
+    training_devices: Optional[Tuple[str, ...]]
+    scaler: bool
+    tf32: bool
+
+    def allows(self, device: torch.device, training: bool) -> bool:
+        devices = self.training_devices if training else self.inference_devices
+        return devices is ANY_DEVICE or device.type in devices
+
+
+PRECISION_TABLE: Dict[str, PrecisionRule] = {rule.name: rule for rule in (
+    PrecisionRule('fp32', torch.float32, ANY_DEVICE, ANY_DEVICE, scaler=False, tf32=False),
+    PrecisionRule('bf16', torch.bfloat16, ANY_DEVICE, ANY_DEVICE, scaler=False, tf32=True),
+    # fp16 training needs GradScaler's inf checks and unscaling, which only CUDA gets right (ours: the CPU
+    # has bf16, which needs no scaler).
+    PrecisionRule('fp16', torch.float16, ANY_DEVICE, ('cuda',), scaler=True, tf32=True),
+)}
+PRECISION_NAMES: Tuple[str, ...] = tuple(PRECISION_TABLE)     # the --precision choices of every job
+
+
+@dataclass(frozen=True)
+class RunPrecision:
+    """A precision resolved for one device and one use (inference or training)."""
+    rule: PrecisionRule
+    device: torch.device
+    training: bool
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rule.dtype
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.training and self.rule.scaler
+
+    def autocast(self) -> ContextManager:
+        """Autocast to ``dtype`` on the device (a null context for fp32): training's forward pass and loss,
+        and the eager model's inference; the fast path casts its weights instead and needs none."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def make_scaler(self) -> torch.amp.GradScaler:
+        """The loss scaler of training, disabled unless the precision needs one (so a checkpoint saves and
+        restores its state dict alike in every precision)."""
+        return torch.amp.GradScaler('cuda' if self.device.type == 'cuda' else 'cpu', enabled=self.needs_scaler)
+
+
+def precision_rule(name: str) -> PrecisionRule:
+    """The table's row for ``name``; a ValueError names the flag and the allowed values."""
+    rule = PRECISION_TABLE.get(name)
+    if rule is None:
+        raise ValueError(f'--precision must be one of {PRECISION_NAMES}, got {name!r}')
+    return rule
+
+
+def _device_words(device_type: str) -> str:
+    return 'a GPU' if device_type == 'cuda' else device_type.upper()
+
+
+def resolve_precision(name: str, device: Union[str, torch.device], training: bool = False) -> RunPrecision:
+    """``name`` checked against the table for ``device`` and the use; a ValueError says what to use instead."""
+    rule = precision_rule(name)
+    device = torch.device(device)
+    if not rule.allows(device, training):
+        allowed = rule.training_devices if training else rule.inference_devices
+        where = ' or '.join(_device_words(d) for d in allowed)
+        how = 'with a loss scaler ' if training and rule.scaler else ''
+        instead = ' or '.join(r.name for r in PRECISION_TABLE.values()
+                              if r.dtype != torch.float32 and r.allows(device, training))
+        raise ValueError(f'--precision {name} {"trains" if training else "runs"} {how}on {where} only; on '
+                         f'{_device_words(device.type)} use {instead or "fp32"}')
+    return RunPrecision(rule, device, training)
+
+
+# ------------------------------------------------------------------------------------------- device
+
+def resolve_device(requested: Optional[Union[str, torch.device]] = None,
+                   ctx: Optional[DistContext] = None) -> torch.device:
+    """The device a job (a rank of it) runs on: ``requested`` (--device) when given, else CUDA when present,
+    else the CPU. A bare 'cuda' is this rank's GPU: cuda:LOCAL_RANK under torchrun (``ctx`` distributed),
+    else the current one. CUDA asked for without CUDA is a ValueError, not a silent CPU run."""
+    text = None if requested is None else str(requested)
+    if text is not None and not text.startswith('cuda'):
+        try:
+            return torch.device(text)
+        except RuntimeError as e:
+            raise ValueError(f'--device {text!r}: {e}') from e
+    if not torch.cuda.is_available():
+        if text is None:
+            return torch.device('cpu')
+        raise ValueError(f'--device {text}: CUDA is not available here (torch.cuda.is_available() is False; '
+                         f'torch {torch.__version__}, built for CUDA {torch.version.cuda or "none"}); '
+                         'use --device cpu, or leave --device out')
+    if text not in (None, 'cuda'):
+        return torch.device(text)
+    distributed = ctx is not None and ctx.distributed
+    return torch.device('cuda', ctx.local_rank if distributed else torch.cuda.current_device())
+
+
+def pin_memory(device: torch.device) -> bool:
+    """The loader's pin_memory: page-locked batches on CUDA, so that ``to_device`` copies them asynchronously."""
+    return torch.device(device).type == 'cuda'
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A loader's tensor (or a tuple / list of them) on ``device``: on CUDA a non-blocking copy from pinned
+    memory (the uint8 pixels, 4x less than float; normalised on the device); on the CPU the tensors
+    themselves, no copy."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch.to(device, non_blocking=True)
+
+
+@contextlib.contextmanager
+def job_backend(device: torch.device, precision: RunPrecision, fixed_shapes: bool = True) -> Iterator[None]:
+    """The backend switches of a job on CUDA, restored on exit (a job run inside another, fine-tuning's
+    validation, leaves the outer one's): TF32 as the precision's rule says, and cudnn.benchmark for a job
+    whose shapes are fixed (every job here: one clip or snippet geometry per run) unless deterministic
+    algorithms are asked for (benchmarking may pick a different algorithm each run). Nothing on the CPU."""
+    if torch.device(device).type != 'cuda':
+        yield
+        return
+    switches = (torch.backends.cuda.matmul, 'allow_tf32'), (torch.backends.cudnn, 'allow_tf32'), \
+        (torch.backends.cudnn, 'benchmark')
+    saved = [getattr(owner, name) for owner, name in switches]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision.rule.tf32
+    torch.backends.cudnn.benchmark = fixed_shapes and not torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(switches, saved):
+            setattr(owner, name, value)
