@@ -5,9 +5,10 @@ import torch
 
 import zoo
 from eval.data.records import VideoRecord, VideoSample
+from eval.data.crops import Crop
 from eval.kit.loop import ViewNormalizer, evaluate, iter_views, model_call_kwargs
 from eval.data.synthetic import write_synthetic_video
-from eval.data.views import CropBox, ViewPlan, ViewSpec
+from eval.data.views import ViewPlan, ViewSpec
 
 
 class TinyVideoNet(torch.nn.Module):
@@ -63,10 +64,11 @@ def test_dataloader_workers_give_the_same_scores_as_in_process_decoding(two_vide
 def test_view_is_the_planned_crop_of_the_planned_frames():
     frames = torch.arange(3 * 6 * 8 * 3, dtype=torch.int32).reshape(3, 6, 8, 3).to(torch.uint8)
     plan = ViewPlan(num_decoded=3, frames=np.array([0, 1, 2]), clip_index=np.array([[0, 2], [1, 0]]),
-                    size=(6, 8), boxes=(CropBox(1, 0, 4), CropBox(1, 4, 4, flip=True)))
+                    size=(6, 8), boxes=(Crop('a', 1, 0, 4), Crop('b', 1, 0, 4, mirrored=True)))
     views = dict(iter_views(VideoSample(0, VideoRecord('x', 'x'), plan, frames)))
     assert sorted(views) == [0, 1, 2, 3]                      # view v = clip v // 2, crop v % 2
     torch.testing.assert_close(views[2], frames[[1, 0], 1:5, 0:4])
+    # crop 1's box is in the mirrored frame: its columns 0:4 there are the original columns 4:8, mirrored
     torch.testing.assert_close(views[1], frames[[0, 2], 1:5, 4:8].flip(2))
 
 

@@ -10,7 +10,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
-from eval.data.snippets import ALIGNS, CROP_COUNTS, TAILS
+from eval.data.crops import CROP_COUNTS
+from eval.data.snippets import ALIGNS, TAILS
 
 NORMS = {
     # name: (mean, std) on 0-255 pixels; the input is (x - mean) / std, computed in float32

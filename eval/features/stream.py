@@ -17,9 +17,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from eval.data.crops import GEOMETRY_OF_COUNT, Crop, crop_boxes, cut, mirrored_frames
 from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
-from eval.data.snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
+from eval.data.snippets import ZERO_FRAME, ShortVideoError, SnippetPlan, last_use, plan_snippets
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ def resize_frame(pixels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     return pixels
 
 
+def snippet_crops(height: int, width: int, settings: FeatureSettings) -> List[Crop]:
+    """The crops of a resized frame: --crops N as its named geometry (eval.data.crops)."""
+    return crop_boxes(height, width, settings.crop_size, GEOMETRY_OF_COUNT[settings.crops])
+
+
 def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int = 0,
                  num_frames: Optional[int] = None) -> Iterator[SnippetChunk]:
     """The chunks of one video, in order. Raises VideoDecodeError (unreadable), ShortVideoError (refused),
@@ -106,7 +112,7 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
     sizes = None
     crops: List[Crop] = []
 
-    def cut(k0: int, k1: int, meta: Optional[VideoMeta]) -> SnippetChunk:
+    def chunk(k0: int, k1: int, meta: Optional[VideoMeta]) -> SnippetChunk:
         rows = plan.frames[k0:k1]
         used = np.unique(rows[rows != ZERO_FRAME])
         local = {int(f): i for i, f in enumerate(used)}
@@ -133,11 +139,11 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
             buffer[i] = resize_frame(pixels, settings)
             if sizes[1] is None:
                 sizes = (sizes[0], buffer[i].shape[:2])
-                crops = crop_boxes(*sizes[1], settings.crops, settings.crop_size)
+                crops = snippet_crops(*sizes[1], settings)
         while next_snippet < plan.num_snippets and ready[next_snippet] <= i:
             next_snippet += 1
             if next_snippet - pending_from == snippets_per_chunk and next_snippet < plan.num_snippets:
-                yield cut(pending_from, next_snippet, None)
+                yield chunk(pending_from, next_snippet, None)
                 pending_from = next_snippet
                 release(next_snippet)
     if isinstance(source, FrameFolder):
@@ -149,7 +155,7 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
     fps = _fps(source.fps) if getattr(source, 'fps', None) else _fps(getattr(source, 'source_fps', None))
     fps = fps or settings.fps
     meta = VideoMeta(n, fps, _fps(getattr(source, 'source_fps', None)), tuple(sizes[0]), tuple(sizes[1]), plan, crops)
-    yield cut(pending_from, plan.num_snippets, meta)
+    yield chunk(pending_from, plan.num_snippets, meta)
 
 
 def stream_video_checked(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int,
@@ -229,12 +235,11 @@ def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop
     src.div_(torch.tensor(std, dtype=torch.float32, device=src.device))
     if bool(zero.any()):
         src[zero] = 0.0
-    mirrored = src.flip(3) if any(crop.mirrored for crop in crops) else None
+    mirrored = mirrored_frames(src, crops)
     size = crops[0].size
     out = torch.empty((b, len(crops), s, size, size, 3), dtype=torch.float32, device=src.device)
     for j, crop in enumerate(crops):
-        source = mirrored if crop.mirrored else src    # a mirrored crop's box is in the mirrored frame
-        out[:, j] = source[:, :, crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
+        out[:, j] = cut(src, crop, mirrored)
     return out.flatten(0, 1).permute(0, 4, 1, 2, 3)                     # channels innermost: channels_last_3d
 
 
@@ -347,7 +352,7 @@ class FeatureAccumulator:
 
 def chunk_crops(chunk: SnippetChunk, settings: FeatureSettings) -> List[Crop]:
     """The crop boxes of a chunk's (resized) frames."""
-    return crop_boxes(chunk.frames.shape[1], chunk.frames.shape[2], settings.crops, settings.crop_size)
+    return snippet_crops(chunk.frames.shape[1], chunk.frames.shape[2], settings)
 
 
 def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, mean, std, device: torch.device) -> np.ndarray:

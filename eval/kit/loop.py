@@ -18,6 +18,7 @@ import torch
 from zoo.inference import PRECISIONS
 
 from eval.kit.config import fully_conv_head, model_class_names
+from eval.data.crops import cut, mirrored_frames
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
@@ -60,15 +61,14 @@ def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> It
     """(view index, uint8 view (T, c, c, 3)) of a sample, clip-major: view v = clip v // S, crop v % S."""
     frames = sample.frames if frames is None else frames
     plan = sample.plan
+    mirrored = mirrored_frames(frames, plan.boxes)
     index = torch.as_tensor(plan.clip_index)
     for k in range(index.shape[0]):
         clip_index = index[k].to(frames.device)
         for s, box in enumerate(plan.boxes):
-            # crop first (a view), then gather the clip's frames: copies only the crop, not whole frames
-            view = frames[:, box.top:box.top + box.size, box.left:box.left + box.size][clip_index]
-            if box.flip:
-                view = view.flip(2)
-            yield k * len(plan.boxes) + s, view
+            # crop first (a view; a mirrored crop, of the frames mirrored once), then gather the clip's
+            # frames: copies only the crop, not whole frames
+            yield k * len(plan.boxes) + s, cut(frames, box, mirrored)[clip_index]
 
 
 def model_call_kwargs(model: torch.nn.Module, crop_size: int) -> dict:
