@@ -46,7 +46,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     if heap == 'kept':
         zoo.keep_freed_memory()
     from eval import recipe as rc
-    from eval.kit.loop import ViewNormalizer
+    from eval.data.pixels import PixelNormalizer
     frames, crop = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
     model = zoo.create_model(model_name, num_classes=101).to(device)
@@ -56,7 +56,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     rc.set_train_mode(model, bn, freeze_backbone=False)
     optimizer = rc.make_optimizer(model, lr=0.01)
     scaler = rc.make_scaler(precision, device)
-    normalise = ViewNormalizer.from_cfg(model.pretrained_cfg)
+    normalise = PixelNormalizer.from_cfg(model.pretrained_cfg)
     clips = torch.randint(0, 256, (batch, frames, crop, crop, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 101, (batch,), device=device)
 

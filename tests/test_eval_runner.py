@@ -6,7 +6,8 @@ import torch
 import zoo
 from eval.data.records import VideoRecord, VideoSample
 from eval.data.crops import Crop
-from eval.kit.loop import ViewNormalizer, evaluate, iter_views, model_call_kwargs
+from eval.data.pixels import PixelNormalizer
+from eval.kit.loop import evaluate, iter_views, model_call_kwargs
 from eval.data.synthetic import write_synthetic_video
 from eval.data.views import ViewPlan, ViewSpec
 
@@ -74,16 +75,16 @@ def test_view_is_the_planned_crop_of_the_planned_frames():
 
 def test_normaliser_applies_the_config_mean_and_std_to_0_255_pixels():
     views = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2, 1).expand(1, 1, 1, 2, 3)
-    caffe2 = ViewNormalizer.from_cfg(zoo.get_pretrained_cfg('i3d_r50'))(views)
+    caffe2 = PixelNormalizer.from_cfg(zoo.get_pretrained_cfg('i3d_r50'))(views)
     assert caffe2.shape == (1, 3, 1, 1, 2)
     torch.testing.assert_close(caffe2[0, :, 0, 0], torch.tensor([[-2.0, 255 / 57.375 - 2.0]] * 3))
-    deepmind = ViewNormalizer((127.5,) * 3, (127.5,) * 3)(views)     # Inception-I3D: [-1, 1]
+    deepmind = PixelNormalizer((127.5,) * 3, (127.5,) * 3)(views)     # Inception-I3D: [-1, 1]
     torch.testing.assert_close(deepmind[0, :, 0, 0], torch.tensor([[-1.0, 1.0]] * 3))
 
 
 def test_bgr_models_get_their_channels_reversed():
     views = torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 1, 1, 1, 3)
-    x = ViewNormalizer((0, 0, 0), (1, 1, 1), 'BGR')(views)
+    x = PixelNormalizer((0, 0, 0), (1, 1, 1), 'BGR')(views)
     assert x.flatten().tolist() == [30.0, 20.0, 10.0]
 
 

@@ -29,6 +29,7 @@ import torch
 from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
 from eval.kit.console import RULE, Console
+from eval.data.pixels import PixelNormalizer
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from eval.kit.distributed import DistContext, rank_device, shard
 from eval.kit.engine import RunError, exit_verdict, fail_together, load_model, run_job
@@ -142,11 +143,11 @@ def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r5
     device = torch.device(device) if device is not None else default_device()
     info = model_description(name, model, weights, settings.layer)
     net = prepare_feature_model(model, settings.layer, device, fast_path, compile)
-    mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+    pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
     accumulator, video = FeatureAccumulator(), None
     for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
-        video = accumulator.add(chunk, run_chunk(net, chunk, settings, mean, std, device)) or video
+        video = accumulator.add(chunk, run_chunk(net, chunk, settings, pixels, device)) or video
     array = arrange(video.features, settings)
     sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
                             run_identity(info, settings, 'npy', fast_path, compile), info)
@@ -209,8 +210,7 @@ class FeatureRun:
     model: torch.nn.Module
     model_info: dict
     identity: dict
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    pixels: PixelNormalizer          # the network's input: channel order, mean and std (stream.normalisation)
 
     @property
     def identity_sha256(self) -> str:
@@ -236,14 +236,14 @@ def resolve_run(args: argparse.Namespace, ctx: DistContext) -> FeatureRun:
     model, weights = load_feature_model(name, args.random_weights, args.checkpoint, args.weights_file, args.seed)
     try:
         model_info = model_description(name, model, weights, settings.layer)
-        mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+        pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     except (UnknownLayerError, ValueError) as e:
         raise RunError(str(e)) from e
     problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
     if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
         raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
     identity = run_identity(model_info, settings, args.format, not args.no_fast_path, args.compile)
-    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, mean, std)
+    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, pixels)
 
 
 def open_out(args: argparse.Namespace, run: FeatureRun, ctx: DistContext) -> None:
@@ -435,7 +435,7 @@ def extract_share(ctx: DistContext, args, run: FeatureRun, device: torch.device,
                                                       run.identity_sha256)
             bar.update(1)
             continue
-        video = accumulator.add(item, run_chunk(net, item, run.settings, run.mean, run.std, device))
+        video = accumulator.add(item, run_chunk(net, item, run.settings, run.pixels, device))
         snippets += item.rows.shape[0]
         if video is not None:
             results[video.job.index] = write_video_outputs(args.out, video, run.settings, args.format,

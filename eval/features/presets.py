@@ -10,14 +10,17 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
+from zoo import CAFFE2_NORM, MINUS1_1_NORM
+
 from eval.data.crops import CROP_COUNTS
 from eval.data.snippets import ALIGNS, TAILS
 
 NORMS = {
-    # name: (mean, std) on 0-255 pixels; the input is (x - mean) / std, computed in float32
-    'minus1-1': ((127.5,) * 3, (127.5,) * 3),       # x * 2 / 255 - 1, the [-1, 1] of both public extractors
-    'caffe2': ((114.75,) * 3, (57.375,) * 3),       # the Caffe2 video-nonlocal-net classifier's input
-    'model': None,                                  # the model's pretrained_cfg mean / std
+    # name: (mean, std) on 0-255 pixels; the input is (x - mean) / std, computed in float32, in the network's
+    # channel order (eval.features.stream.normalisation)
+    'minus1-1': MINUS1_1_NORM,      # x * 2 / 255 - 1, the [-1, 1] of both public extractors
+    'caffe2': CAFFE2_NORM,          # the Caffe2 video-nonlocal-net classifier's input
+    'model': None,                  # the model's pretrained_cfg mean / std
 }
 NAMINGS = ('name', 'stem', 'stem_rgb')
 LAYOUTS = ('snippets-first', 'channels-first')

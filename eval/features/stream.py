@@ -19,6 +19,7 @@ import torch
 
 from eval.data.crops import GEOMETRY_OF_COUNT, Crop, crop_boxes, cut, mirrored_frames
 from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from eval.data.pixels import PixelNormalizer, network_channel_order
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
 from eval.data.snippets import ZERO_FRAME, ShortVideoError, SnippetPlan, last_use, plan_snippets
 
@@ -211,28 +212,31 @@ class FeatureStream(torch.utils.data.IterableDataset):
 
 # ------------------------------------------------------------------------------------ the network side
 
-def normalisation(settings: FeatureSettings, cfg=None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def normalisation(settings: FeatureSettings, cfg=None) -> PixelNormalizer:
+    """The network input of a feature run: --norm decides mean and std (NORMS, or the model config's for
+    'model'); the channel order is the network's (eval.data.pixels.network_channel_order: the config's, RGB
+    without one); ``(x - mean) / std`` divides, the public extractors' correctly rounded [-1, 1]."""
     if settings.norm == 'model':
         if cfg is None:
             raise ValueError('--norm model needs a model with a pretrained_cfg')
-        return tuple(cfg.mean), tuple(cfg.std)
-    return NORMS[settings.norm]
+        mean, std = cfg.mean, cfg.std
+    else:
+        mean, std = NORMS[settings.norm]
+    return PixelNormalizer(mean, std, network_channel_order(cfg), divide=True)
 
 
-def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop], mean, std) -> torch.Tensor:
+def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop],
+                  pixels: PixelNormalizer) -> torch.Tensor:
     """Every crop of every snippet as one network batch (B * C, 3, S, c, c) float32, snippet-major
     (row b * C + j is snippet b, crop j), channels_last_3d in memory.
 
-    Pixels become ``(x - mean) / std`` in float32 (for [-1, 1]: (x - 127.5) / 127.5, the correctly rounded
-    value of x * 2 / 255 - 1); zero frames are zero after that scaling. The scaling and the mirroring run
-    once over the snippets' frames (5.8x fewer pixels than 10 crops of 224 from 340x256), and each crop is
-    copied once, straight into its place in the batch.
+    Pixels become the network's values (``pixels``, see ``normalisation``); zero frames are zero after that
+    scaling. The scaling and the mirroring run once over the snippets' frames (5.8x fewer pixels than 10
+    crops of 224 from 340x256), and each crop is copied once, straight into its place in the batch.
     """
     b, s = rows.shape
     zero = rows == ZERO_FRAME
-    src = frames.float()[rows.clamp(min=0)]                             # (B, S, H, W, 3)
-    src.sub_(torch.tensor(mean, dtype=torch.float32, device=src.device))
-    src.div_(torch.tensor(std, dtype=torch.float32, device=src.device))
+    src = pixels.channels_last_(frames.float()[rows.clamp(min=0)])      # (B, S, H, W, 3)
     if bool(zero.any()):
         src[zero] = 0.0
     mirrored = mirrored_frames(src, crops)
@@ -355,10 +359,11 @@ def chunk_crops(chunk: SnippetChunk, settings: FeatureSettings) -> List[Crop]:
     return snippet_crops(chunk.frames.shape[1], chunk.frames.shape[2], settings)
 
 
-def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, mean, std, device: torch.device) -> np.ndarray:
+def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, pixels: PixelNormalizer,
+              device: torch.device) -> np.ndarray:
     """(B, C, D) float32 features of a chunk's B snippets x C crops, in one forward pass."""
     crops = chunk_crops(chunk, settings)
-    x = snippet_batch(chunk.frames.to(device), chunk.rows.to(device), crops, mean, std)
+    x = snippet_batch(chunk.frames.to(device), chunk.rows.to(device), crops, pixels)
     with torch.inference_mode():
         out = model(x)
     return out.float().cpu().numpy().reshape(chunk.rows.shape[0], len(crops), -1)

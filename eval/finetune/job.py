@@ -41,7 +41,7 @@ from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext, rank_device
 from eval.kit.engine import RunError, fail_together, run_job
 from eval.kit.engine import run as run_engine
 from eval.kit.shards import probe_writable
-from eval.kit.loop import ViewNormalizer
+from eval.data.pixels import PixelNormalizer
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
                           load_training_state, restore_rng, save_training_state)
@@ -266,7 +266,7 @@ class Trainer:
         self.scheduler = rc.make_scheduler(self.optimizer, self.factor)
         self.scaler = rc.make_scaler(config.precision, self.device)
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
-        self.normalise = ViewNormalizer.from_cfg(self.model.pretrained_cfg)
+        self.normalise = PixelNormalizer.from_cfg(self.model.pretrained_cfg)
         self.position = Position()
         self.log = MetricsLog(config.out, ctx.is_main)
 

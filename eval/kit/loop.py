@@ -19,6 +19,7 @@ from zoo.inference import PRECISIONS
 
 from eval.kit.config import fully_conv_head, model_class_names
 from eval.data.crops import cut, mirrored_frames
+from eval.data.pixels import PixelNormalizer
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
@@ -28,33 +29,6 @@ _AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 def default_device() -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-
-
-class ViewNormalizer:
-    """uint8 (B, T, H, W, 3) views -> float (B, 3, T, H, W) model input: channel order, then (x - mean) / std.
-
-    mean/std are per channel on 0-255 pixels, as in the zoo configs (Caffe2 ClipTransformFlex computes
-    ``(pixel - mean) * (1 / std)``). Runs on the model's device, so the loader moves uint8 (4x less data).
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channel_order: str = 'RGB'):
-        if channel_order.upper() not in ('RGB', 'BGR'):
-            raise ValueError(f'channel order {channel_order!r}: expected RGB or BGR')
-        self.bgr = channel_order.upper() == 'BGR'
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1)
-
-    @classmethod
-    def from_cfg(cls, cfg) -> 'ViewNormalizer':
-        return cls(cfg.mean, cfg.std, cfg.channel_order)
-
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
-        # The permuted uint8 views keep channels innermost in memory, so .float() yields channels_last_3d,
-        # the layout the fast path wants; in-place arithmetic avoids two more full-size temporaries.
-        x = views.permute(0, 4, 1, 2, 3).float()
-        if self.bgr:
-            x = x.flip(1)
-        return x.sub_(self.mean.to(x.device)).mul_(self.inv_std.to(x.device))
 
 
 def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> Iterator[Tuple[int, torch.Tensor]]:
@@ -145,7 +119,7 @@ class ViewBatcher:
     (``report``) as soon as its last view is scored. ``autocast_dtype``: the eager model's reduced precision
     (the fast path applies its own)."""
 
-    def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
+    def __init__(self, model, call_kwargs: dict, normalise: PixelNormalizer, meter: MultiViewMeter,
                  records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
                  device: torch.device, autocast_dtype: Optional[torch.dtype]):
         self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
@@ -215,7 +189,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
                                          collate_fn=_identity, pin_memory=device.type == 'cuda')
     meter = MultiViewMeter(len(records), spec.num_views, num_classes or len(model_class_names(cfg)),
                            aggregation=aggregation)
-    normalise = ViewNormalizer.from_cfg(cfg)
+    normalise = PixelNormalizer.from_cfg(cfg)
     if fully_conv is None:
         fully_conv = fully_conv_head(getattr(model, 'pretrained_cfg', None), spec.crop_size)
     call_kwargs = {'fully_conv': True} if fully_conv else {}
