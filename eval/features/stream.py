@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from eval.data.crops import GEOMETRY_OF_COUNT, Crop, crop_boxes, cut, mirrored_frames
-from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from eval.data.decode import (FrameCount, FrameFolder, Source, VideoDecodeError, iter_frames, open_source, resize_exact,
+                              resize_short_side)
 from eval.data.pixels import PixelNormalizer, network_channel_order
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
 from eval.data.snippets import ZERO_FRAME, ShortVideoError, SnippetPlan, last_use, plan_snippets
@@ -68,14 +69,6 @@ class VideoFailure:
     kind: str            # 'decode' (unreadable: counts against --max-failed) or 'short' (refused by the tail rule)
 
 
-class _Recount(Exception):
-    """The container's frame count was wrong; the video is streamed again with the true count."""
-
-    def __init__(self, num_frames: int):
-        super().__init__(num_frames)
-        self.num_frames = num_frames
-
-
 def _fps(value) -> Optional[float]:
     return float(value) if value else None
 
@@ -99,12 +92,11 @@ def snippet_crops(height: int, width: int, settings: FeatureSettings) -> List[Cr
     return crop_boxes(height, width, settings.crop_size, GEOMETRY_OF_COUNT[settings.crops])
 
 
-def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int = 0,
-                 num_frames: Optional[int] = None) -> Iterator[SnippetChunk]:
-    """The chunks of one video, in order. Raises VideoDecodeError (unreadable), ShortVideoError (refused),
-    _Recount (the frame count the plan assumed was wrong)."""
-    source = open_source(job.path, fps=settings.fps)
-    n = num_frames if num_frames is not None else source.num_frames
+def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int, source: Source,
+                 n: int) -> Generator[SnippetChunk, None, int]:
+    """The chunks of one video planned for ``n`` frames, in order; returns how many frames the decode found.
+    When that is not ``n`` the plan was wrong and the last chunk is not yielded (``stream_video_checked``
+    streams the video again). Raises VideoDecodeError (unreadable), ShortVideoError (refused)."""
     plan = plan_snippets(n, settings.snippet, settings.stride, settings.tail, settings.align, settings.lookahead)
     free_after = last_use(plan)
     ready = plan.frames.max(axis=1)
@@ -150,22 +142,27 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
     if isinstance(source, FrameFolder):
         decoded = n                         # a folder's frame count is exact
     if decoded != n:
-        raise _Recount(decoded)
+        return decoded
     if sizes is None or sizes[1] is None:
         raise VideoDecodeError('no frame could be decoded')
     fps = _fps(source.fps) if getattr(source, 'fps', None) else _fps(getattr(source, 'source_fps', None))
     fps = fps or settings.fps
     meta = VideoMeta(n, fps, _fps(getattr(source, 'source_fps', None)), tuple(sizes[0]), tuple(sizes[1]), plan, crops)
     yield chunk(pending_from, plan.num_snippets, meta)
+    return n
 
 
 def stream_video_checked(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int,
                          attempt: int = 0) -> Iterator[SnippetChunk]:
-    """``stream_video``, streamed again with the true frame count when the container's estimate was off."""
-    try:
-        yield from stream_video(job, settings, snippets_per_chunk, attempt)
-    except _Recount as recount:
-        yield from stream_video(job, settings, snippets_per_chunk, attempt + 1, num_frames=recount.num_frames)
+    """``stream_video`` planned with the true frame count (eval.data.decode.FrameCount): when the container's
+    estimate was off, the video is streamed again, as the next attempt, planned with the count decoded."""
+    source = open_source(job.path, fps=settings.fps)
+    count = FrameCount(source.num_frames)
+    while True:
+        decoded = yield from stream_video(job, settings, snippets_per_chunk, attempt, source, count.planned)
+        if count.settled(decoded):
+            return
+        attempt += 1
 
 
 class FeatureStream(torch.utils.data.IterableDataset):
