@@ -397,6 +397,28 @@ def load_views_frames(source: Source, sampler: ViewSampler) -> Tuple[ViewPlan, n
     return plan, got.frames
 
 
+# --------------------------------------------------------------------------------------------- frame rate
+
+FPS_HELP = ('resample video files to this many frames per second; 0: the native rate, no resampling '
+            '(default: {default})')
+
+
+def resolve_fps(flag: Optional[float], default: Optional[float], name: str = '--fps') -> Optional[float]:
+    """The frame rate video files are decoded at (None: their native rate), from an --fps flag, in every job.
+
+    None (not given): the job's ``default`` (scoring: the model config's fps; features: the preset's);
+    0 (or 'native'): the native rate; > 0: that rate. Negative, infinite or NaN: a ValueError naming
+    ``name``.
+    """
+    if flag is None:
+        return default
+    if flag == 'native' or flag == 0:
+        return None
+    if isinstance(flag, str) or not (flag > 0 and math.isfinite(flag)):
+        raise ValueError(f'{name} must be 0 (the native rate) or a positive frame rate, got {flag}')
+    return flag
+
+
 # ------------------------------------------------------------------------ streaming and exact-size resize
 
 RESAMPLING = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,

@@ -29,6 +29,7 @@ import torch
 from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
 from eval.kit.console import RULE, Console
+from eval.data.decode import FPS_HELP
 from eval.data.pixels import PixelNormalizer
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from eval.kit.distributed import DistContext, rank_device, shard
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--crop-size', type=int, help='crop side in pixels')
     k.add_argument('--resize', help='WxH (exact, LANCZOS), a short side (bilinear), or none; :filter overrides')
     k.add_argument('--norm', choices=('minus1-1', 'caffe2', 'model'), help='[-1, 1], Caffe2 mean/std, or the model\'s')
-    k.add_argument('--fps', type=float, help='resample video files to this rate (0: native)')
+    k.add_argument('--fps', type=float, help=FPS_HELP.format(default="the preset's: native"))
     k.add_argument('--layer', help='pre_logits (default), res2..res5 / layer1..4, Mixed_*: globally pooled')
     k.add_argument('--naming', choices=('name', 'stem', 'stem_rgb'), help='output file name rule')
     k.add_argument('--layout', choices=('snippets-first', 'channels-first'), help='array axis order')

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 from zoo import CAFFE2_NORM, MINUS1_1_NORM
 
 from eval.data.crops import CROP_COUNTS
+from eval.data.decode import resolve_fps
 from eval.data.snippets import ALIGNS, TAILS
 
 NORMS = {
@@ -102,8 +103,8 @@ class FeatureSettings:
         for name in ('snippet', 'stride', 'crop_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'--{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f'--fps must be positive, got {self.fps}')
+        if self.fps is not None and resolve_fps(self.fps, None) != self.fps:
+            raise ValueError(f'fps {self.fps}: a resolved rate is positive (None: native; see resolve_settings)')
         Resize.parse(self.resize)
 
     @property
@@ -176,8 +177,7 @@ def resolve_settings(preset: Optional[str] = None, **overrides) -> FeatureSettin
     changes = {k: v for k, v in overrides.items() if v is not None}
     if 'resize' in changes:
         changes['resize'] = str(Resize.parse(changes['resize']))
-    if 'fps' in changes and changes['fps'] in (0, 'native'):
-        changes['fps'] = None
+    changes['fps'] = resolve_fps(overrides.get('fps'), PRESETS[name].fps)
     return replace(PRESETS[name], **changes)
 
 

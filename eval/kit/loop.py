@@ -19,6 +19,7 @@ from zoo.inference import PRECISIONS
 
 from eval.kit.config import fully_conv_head, model_class_names
 from eval.data.crops import cut, mirrored_frames
+from eval.data.decode import resolve_fps
 from eval.data.pixels import PixelNormalizer
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
@@ -180,7 +181,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], spec: ViewS
 
     cfg = cfg if cfg is not None else model.pretrained_cfg
     device = torch.device(device) if device is not None else default_device()
-    fps = fps if fps is not None else cfg.fps
+    fps = resolve_fps(fps, cfg.fps)
     records = list(records)
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=fps)
     if indices is not None:
