@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import zoo  # noqa: E402
 from eval.features.presets import resolve_settings  # noqa: E402
 from eval.features.stream import VideoJob, stream_video_checked  # noqa: E402
-from eval.data.snippets import crop_boxes, plan_snippets  # noqa: E402
+from eval.data.crops import crop_boxes  # noqa: E402
+from eval.data.snippets import plan_snippets  # noqa: E402
 
 CLIPS = ('arm_wrestling.mp4', 'cleaning_pool.mp4')
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',
@@ -92,7 +93,7 @@ def run_naive(model, paths, settings, decode_only=False):
         with av.open(path) as container:
             n = sum(1 for _ in container.decode(video=0))          # the tool counts its frame files
         plan = plan_snippets(n, settings.snippet, settings.stride, settings.tail)
-        crops = crop_boxes(256, 340, 10, 224)
+        crops = crop_boxes(256, 340, 224, 'ten')
         out = np.zeros((plan.num_snippets, 10, 2048), np.float32)
         for k in range(plan.num_snippets):
             images = naive_snippet_frames(path, int(plan.frames[k, 0]), settings.snippet)

@@ -46,7 +46,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     if heap == 'kept':
         zoo.keep_freed_memory()
     import eval.finetune.recipe as rc
-    from eval.kit.loop import ViewNormalizer
+    from eval.data.pixels import PixelNormalizer
     from eval.kit.runtime import resolve_precision
     frames, crop = (int(v) for v in size.split('x'))
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def measure(model_name: str, size: str, batch: int, precision: str, checkpointin
     optimizer = rc.make_optimizer(model, lr=0.01)
     run_precision = resolve_precision(precision, device, training=True)
     scaler = run_precision.make_scaler()
-    normalise = ViewNormalizer.from_cfg(model.pretrained_cfg)
+    normalise = PixelNormalizer.from_cfg(model.pretrained_cfg)
     clips = torch.randint(0, 256, (batch, frames, crop, crop, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 101, (batch,), device=device)
 

@@ -5,10 +5,12 @@ import torch
 
 import zoo
 from eval.data.records import VideoRecord, VideoSample
+from eval.data.crops import Crop
+from eval.data.pixels import PixelNormalizer
 from eval.kit.config import fully_conv_head, library_config
-from eval.kit.loop import ViewNormalizer, evaluate, iter_views
+from eval.kit.loop import evaluate, iter_views
 from eval.data.synthetic import write_synthetic_video
-from eval.data.views import CropBox, ViewPlan, ViewSpec
+from eval.data.views import ViewPlan, ViewSpec
 
 
 class TinyVideoNet(torch.nn.Module):
@@ -64,25 +66,26 @@ def test_dataloader_workers_give_the_same_scores_as_in_process_decoding(two_vide
 def test_view_is_the_planned_crop_of_the_planned_frames():
     frames = torch.arange(3 * 6 * 8 * 3, dtype=torch.int32).reshape(3, 6, 8, 3).to(torch.uint8)
     plan = ViewPlan(num_decoded=3, frames=np.array([0, 1, 2]), clip_index=np.array([[0, 2], [1, 0]]),
-                    size=(6, 8), boxes=(CropBox(1, 0, 4), CropBox(1, 4, 4, flip=True)))
+                    size=(6, 8), boxes=(Crop('a', 1, 0, 4), Crop('b', 1, 0, 4, mirrored=True)))
     views = dict(iter_views(VideoSample(0, VideoRecord('x', 'x'), plan, frames)))
     assert sorted(views) == [0, 1, 2, 3]                      # view v = clip v // 2, crop v % 2
     torch.testing.assert_close(views[2], frames[[1, 0], 1:5, 0:4])
+    # crop 1's box is in the mirrored frame: its columns 0:4 there are the original columns 4:8, mirrored
     torch.testing.assert_close(views[1], frames[[0, 2], 1:5, 4:8].flip(2))
 
 
 def test_normaliser_applies_the_config_mean_and_std_to_0_255_pixels():
     views = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2, 1).expand(1, 1, 1, 2, 3)
-    caffe2 = ViewNormalizer.from_cfg(zoo.get_pretrained_cfg('i3d_r50'))(views)
+    caffe2 = PixelNormalizer.from_cfg(zoo.get_pretrained_cfg('i3d_r50'))(views)
     assert caffe2.shape == (1, 3, 1, 1, 2)
     torch.testing.assert_close(caffe2[0, :, 0, 0], torch.tensor([[-2.0, 255 / 57.375 - 2.0]] * 3))
-    deepmind = ViewNormalizer((127.5,) * 3, (127.5,) * 3)(views)     # Inception-I3D: [-1, 1]
+    deepmind = PixelNormalizer((127.5,) * 3, (127.5,) * 3)(views)     # Inception-I3D: [-1, 1]
     torch.testing.assert_close(deepmind[0, :, 0, 0], torch.tensor([[-1.0, 1.0]] * 3))
 
 
 def test_bgr_models_get_their_channels_reversed():
     views = torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 1, 1, 1, 3)
-    x = ViewNormalizer((0, 0, 0), (1, 1, 1), 'BGR')(views)
+    x = PixelNormalizer((0, 0, 0), (1, 1, 1), 'BGR')(views)
     assert x.flatten().tolist() == [30.0, 20.0, 10.0]
 
 

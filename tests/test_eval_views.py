@@ -6,8 +6,8 @@ ScaleTransform resizes the short side; ClipTransformFlex puts crop p at p * ((L 
 import pytest
 
 import zoo
-from eval.data.views import (CropBox, ViewSampler, ViewSpec, caffe2_clip_start, centre_clip_start, clip_frame_indices,
-                        crop_boxes, scaled_size)
+from eval.data.crops import Crop, crop_boxes
+from eval.data.views import ViewSampler, ViewSpec, caffe2_clip_start, centre_clip_start, clip_frame_indices, scaled_size
 
 
 def test_long_video_clip_starts_are_floor_n_k_over_k():
@@ -80,41 +80,46 @@ def test_short_side_is_exactly_the_scale_where_float32_truncation_would_lose_a_p
 
 
 def test_three_crops_slide_along_the_width_of_a_landscape_frame():
-    assert crop_boxes(256, 340, 256, 3) == [CropBox(0, 0, 256), CropBox(0, 42, 256), CropBox(0, 84, 256)]
+    assert crop_boxes(256, 340, 256, 'caffe2', 3) == [Crop('left', 0, 0, 256), Crop('centre', 0, 42, 256),
+                                                       Crop('right', 0, 84, 256)]
 
 
 def test_third_crop_uses_caffe2_rounding_when_the_slack_is_odd():
     # L - crop = 199: Caffe2 offsets are p * (199 / 2) = 0, 99, 198 (not 199)
-    assert [b.left for b in crop_boxes(256, 455, 256, 3)] == [0, 99, 198]
+    assert [b.left for b in crop_boxes(256, 455, 256, 'caffe2', 3)] == [0, 99, 198]
 
 
 def test_three_crops_slide_along_the_height_of_a_portrait_frame():
-    assert crop_boxes(455, 256, 256, 3) == [CropBox(0, 0, 256), CropBox(99, 0, 256), CropBox(198, 0, 256)]
+    assert crop_boxes(455, 256, 256, 'caffe2', 3) == [Crop('top', 0, 0, 256), Crop('centre', 99, 0, 256),
+                                                       Crop('bottom', 198, 0, 256)]
 
 
 def test_smaller_crop_slides_along_the_long_side_centred_on_the_short_side():
-    assert crop_boxes(455, 256, 224, 3) == [CropBox(0, 16, 224), CropBox(115, 16, 224), CropBox(230, 16, 224)]
-    assert crop_boxes(256, 455, 224, 3) == [CropBox(16, 0, 224), CropBox(16, 115, 224), CropBox(16, 230, 224)]
+    assert crop_boxes(455, 256, 224, 'caffe2', 3) == [Crop('top', 0, 16, 224), Crop('centre', 115, 16, 224),
+                                                       Crop('bottom', 230, 16, 224)]
+    assert crop_boxes(256, 455, 224, 'caffe2', 3) == [Crop('left', 16, 0, 224), Crop('centre', 16, 115, 224),
+                                                       Crop('right', 16, 230, 224)]
 
 
 def test_single_crop_is_the_centre_crop():
-    assert crop_boxes(256, 455, 224, 1) == [CropBox(16, 115, 224)]
-    assert crop_boxes(455, 256, 224, 1) == [CropBox(115, 16, 224)]
+    assert crop_boxes(256, 455, 224, 'caffe2', 1) == [Crop('centre', 16, 115, 224)]
+    assert crop_boxes(455, 256, 224, 'caffe2', 1) == [Crop('centre', 115, 16, 224)]
 
 
 def test_square_frame_gives_three_identical_crops():
-    assert crop_boxes(256, 256, 256, 3) == [CropBox(0, 0, 256)] * 3
+    assert [c[1:] for c in crop_boxes(256, 256, 256, 'caffe2', 3)] == [(0, 0, 256, False)] * 3
 
 
 def test_six_crops_add_the_three_mirrored_positions():
-    boxes = crop_boxes(256, 340, 256, 6)
-    assert [b.flip for b in boxes] == [False] * 3 + [True] * 3
-    assert [b.left for b in boxes] == [0, 42, 84] * 2
+    boxes = crop_boxes(256, 340, 256, 'caffe2', 6)
+    assert [b.mirrored for b in boxes] == [False] * 3 + [True] * 3
+    # a mirrored crop's box is in the mirrored frame: position p's region mirrored lies at 84 - left_p there
+    assert [b.left for b in boxes] == [0, 42, 84] + [84, 42, 0]
 
 
 def test_crop_larger_than_the_frame_is_an_error():
     with pytest.raises(ValueError):
-        crop_boxes(200, 300, 256, 3)
+        crop_boxes(200, 300, 256, 'caffe2', 3)
 
 
 def test_view_spec_from_config_uses_test_crop_for_multi_view_and_training_crop_for_one_view():

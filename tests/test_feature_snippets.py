@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from eval.features.presets import PRESETS, Resize, output_stem, resolve_settings
-from eval.data.snippets import ShortVideoError, crop_boxes, last_use, plan_snippets, snippet_count
+from eval.data.crops import crop_boxes
+from eval.data.snippets import ShortVideoError, last_use, plan_snippets, snippet_count
 
 # (N, drop, pad/loop/zero) snippet counts for 16-frame snippets every 16 frames, worked by hand:
 # drop = floor((N - 16) / 16) + 1, pad = ceil(N / 16)
@@ -82,7 +83,7 @@ def test_last_use_frees_each_frame_after_its_last_snippet():
 # ---------------------------------------------------------------------------------------------- crops
 
 def test_ten_crops_are_the_documented_boxes_in_the_documented_order():
-    crops = crop_boxes(256, 340, 10, 224)
+    crops = crop_boxes(256, 340, 224, 'ten')
     boxes = [((c.top, c.top + 224), (c.left, c.left + 224), c.mirrored) for c in crops]
     five = [((0, 224), (0, 224)), ((0, 224), (116, 340)), ((16, 240), (58, 282)), ((32, 256), (0, 224)),
             ((32, 256), (116, 340))]
@@ -91,11 +92,11 @@ def test_ten_crops_are_the_documented_boxes_in_the_documented_order():
 
 
 def test_one_three_and_five_crops():
-    assert crop_boxes(256, 340, 1, 224) == [crop_boxes(256, 340, 5, 224)[2]]
-    assert [(c.top, c.left) for c in crop_boxes(256, 340, 3, 224)] == [(16, 0), (16, 58), (16, 116)]
-    assert [(c.top, c.left) for c in crop_boxes(340, 256, 3, 224)] == [(0, 16), (58, 16), (116, 16)]
+    assert crop_boxes(256, 340, 224, 'centre') == [crop_boxes(256, 340, 224, 'five')[2]]
+    assert [(c.top, c.left) for c in crop_boxes(256, 340, 224, 'three')] == [(16, 0), (16, 58), (16, 116)]
+    assert [(c.top, c.left) for c in crop_boxes(340, 256, 224, 'three')] == [(0, 16), (58, 16), (116, 16)]
     with pytest.raises(ValueError, match='does not fit'):
-        crop_boxes(200, 340, 1, 224)
+        crop_boxes(200, 340, 224, 'centre')
 
 
 # --------------------------------------------------------------------------------------------- presets

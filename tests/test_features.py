@@ -10,6 +10,7 @@ from PIL import Image
 import zoo
 from eval.kit.config import model_class_names
 from eval.data.decode import open_source
+from eval.data.pixels import PixelNormalizer
 from eval.features.presets import resolve_settings
 from eval.features.stream import (UnknownLayerError, VideoJob, chunk_crops, normalisation, snippet_batch,
                                  stream_video_checked)
@@ -75,7 +76,7 @@ def test_snippet_counts_of_the_real_clips_follow_each_rule(real_clips, name):
 def test_ten_crops_are_cut_pixel_for_pixel_from_the_documented_boxes(real_clips):
     settings = resolve_settings('i3d-r50-10crop')
     chunk = chunks_of(real_clips['arm_wrestling.mp4'], settings, per_chunk=2)[1]          # snippets 2 and 3
-    batch = snippet_batch(chunk.frames, chunk.rows, chunk_crops(chunk, settings), (0, 0, 0), (1, 1, 1))
+    batch = snippet_batch(chunk.frames, chunk.rows, chunk_crops(chunk, settings), PixelNormalizer((0, 0, 0), (1, 1, 1)))
     batch = batch.view(2, 10, 3, 16, 224, 224).permute(0, 1, 3, 4, 5, 2).to(torch.uint8).numpy()
     frames = decode_by_hand(real_clips['arm_wrestling.mp4'])                            # 340x256 already
     documented = [(slice(0, 224), slice(0, 224)), (slice(0, 224), slice(116, 340)), (slice(16, 240), slice(58, 282)),

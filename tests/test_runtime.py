@@ -17,7 +17,8 @@ import zoo.inference
 from eval.data.decode import resize_short_side
 from eval.data.records import VideoRecord, VideoSample
 from eval.data.synthetic import write_synthetic_video
-from eval.data.views import CropBox, ViewPlan, ViewSpec, scaled_size
+from eval.data.crops import Crop
+from eval.data.views import ViewPlan, ViewSpec, scaled_size
 from eval.features.stream import SnippetChunk, VideoJob
 from eval.kit import engine
 from eval.kit.config import RunRequest, fully_conv_head, library_config
@@ -219,7 +220,7 @@ def test_the_loader_pins_the_pixels_of_scoring_and_feature_items(monkeypatch):
         return tensor.clone()
     monkeypatch.setattr(torch.Tensor, 'pin_memory', fake_pin)
     plan = ViewPlan(num_decoded=1, frames=np.array([0]), clip_index=np.array([[0]]), size=(4, 4),
-                    boxes=(CropBox(0, 0, 4),))
+                    boxes=(Crop('centre', 0, 0, 4),))
     sample = VideoSample(0, VideoRecord('x', 'x'), plan, torch.ones(1, 4, 4, 3, dtype=torch.uint8))
     out = loader_pin(sample)
     assert isinstance(out, VideoSample) and out.plan is plan and pinned == [sample.frames]
@@ -235,7 +236,7 @@ def test_the_loader_pins_the_pixels_of_scoring_and_feature_items(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_on_cuda_loader_items_arrive_pinned_and_reach_the_gpu_unchanged():
     plan = ViewPlan(num_decoded=2, frames=np.array([0, 1]), clip_index=np.array([[0, 1]]), size=(8, 8),
-                    boxes=(CropBox(0, 0, 8),))
+                    boxes=(Crop('centre', 0, 0, 8),))
     frames = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
     sample = VideoSample(0, VideoRecord('x', 'x'), plan, frames)
     loader = torch.utils.data.DataLoader([sample], batch_size=None, collate_fn=lambda item: item,

@@ -10,6 +10,11 @@ from importlib import resources
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 
+# The input normalisations of the zoo's checkpoints: (mean, std) per channel on 0-255 pixels.
+CAFFE2_NORM = ((114.75,) * 3, (57.375,) * 3)    # the Caffe2 video-nonlocal-net models (the config default)
+MINUS1_1_NORM = ((127.5,) * 3, (127.5,) * 3)    # DeepMind's I3D: RGB scaled to [-1, 1]
+
+
 @lru_cache(maxsize=None)
 def kinetics400_class_names() -> Tuple[str, ...]:
     """The 400 Kinetics class names in the Caffe2 classifier's order (alphabetical, as classids.json)."""
@@ -55,8 +60,8 @@ class VideoPretrainedCfg(Mapping):
     min_crop_size: int = 1                   # smallest height/width the network accepts
     channel_order: str = 'RGB'
     value_range: Tuple[float, float] = (0.0, 255.0)   # range of the pixels before mean/std
-    mean: Tuple[float, ...] = (114.75, 114.75, 114.75)
-    std: Tuple[float, ...] = (57.375, 57.375, 57.375)
+    mean: Tuple[float, ...] = CAFFE2_NORM[0]
+    std: Tuple[float, ...] = CAFFE2_NORM[1]
     # test-time resize filter (Caffe2: cv::resize, bilinear), for timm's data config (timm_fields); eval's
     # decoders resize bilinearly whatever it says, so every entry declares 'bilinear' (tests/test_runtime.py)
     interpolation: str = 'bilinear'

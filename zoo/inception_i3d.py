@@ -21,7 +21,7 @@ from converters.deepmind_i3d import load_pretrained as load_deepmind_i3d_pretrai
 
 from ._builder import build_model_with_cfg
 from ._features import TrunkFeaturesMixin
-from ._pretrained import VideoPretrainedCfg, kinetics400_class_names
+from ._pretrained import MINUS1_1_NORM, VideoPretrainedCfg, kinetics400_class_names
 from ._registry import register_model
 
 Triple = Tuple[int, int, int]
@@ -364,7 +364,7 @@ default_cfgs = {
         tag='dm_kinetics400', num_frames=64, sampling_rate=1, fps=25.0, min_frames=MIN_FRAMES,
         min_crop_size=MIN_SIZE, pool_size=mixed_5c_size(64, 224),
         # DeepMind feeds RGB rescaled to [-1, 1]: (x - 127.5) / 127.5 on 0..255 pixels.
-        value_range=(0.0, 255.0), mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
+        value_range=(0.0, 255.0), mean=MINUS1_1_NORM[0], std=MINUS1_1_NORM[1],
         crop_size=224, test_scale=256, test_crop_size=224, test_views=(1, 1),
         num_classes=400, label_set='kinetics400', class_names=kinetics400_class_names(),
         classifier='logits', first_conv='Conv3d_1a_7x7.conv',

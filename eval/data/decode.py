@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -37,6 +37,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v')
 _JPEG_EXTENSIONS = ('.jpg', '.jpeg')
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+T = TypeVar('T')
 
 
 class VideoDecodeError(RuntimeError):
@@ -332,22 +333,76 @@ def open_source(path: str, fps: Optional[float] = None, options: Optional[Decode
     return VideoFile(path, fps=fps, options=options)
 
 
+class FrameCount:
+    """The frame count a video is planned with: the container's estimate, until a decode has counted the
+    frames. A decode that finds another count is redone once, planned with that count (the frames that
+    exist); a second decode that finds yet another count is a VideoDecodeError.
+
+    ``with_true_frame_count`` applies it to a read; a streaming reader loops over ``planned`` and ``settled``
+    itself (eval.features.stream).
+    """
+
+    def __init__(self, estimate: int):
+        self.planned = estimate
+        self.recounted = False
+
+    def settled(self, decoded: int) -> bool:
+        """True when the decode found the planned count; else plan again with ``decoded`` (once)."""
+        if decoded == self.planned:
+            return True
+        if self.recounted:
+            raise VideoDecodeError(f'frame count changes between decodes ({self.planned} then {decoded})')
+        self.planned, self.recounted = decoded, True
+        return False
+
+
+def with_true_frame_count(plan_and_read: Callable[[int], Tuple[int, T]], estimate: int) -> Tuple[int, T]:
+    """(true frame count, result) of ``plan_and_read(n)``, which plans for n frames, decodes and returns
+    (the count the decode found, what it read): called with the container's ``estimate`` and, when the
+    decode counted otherwise, once more with that count (``FrameCount``)."""
+    count = FrameCount(estimate)
+    while True:
+        decoded, result = plan_and_read(count.planned)
+        if count.settled(decoded):
+            return count.planned, result
+
+
 def load_views_frames(source: Source, sampler: ViewSampler) -> Tuple[ViewPlan, np.ndarray]:
     """Decode the union of the frames all views need, once, and the plan that cuts the views from them.
 
     Returns (plan, frames) with frames (U, H, W, 3) uint8 aligned with ``plan.frames``.
     """
-    num = source.num_frames
-    for _ in range(2):
-        needed = sampler.needed_frames(num)
-        got = source.read(needed, sampler.spec.scale)
-        if got.num_decoded == num:
-            plan = sampler.plan(num, *got.source_size)
-            if got.frames.shape[1:3] != plan.size:
-                raise VideoDecodeError(f'decoded frames are {got.frames.shape[1:3]}, expected {plan.size}')
-            return plan, got.frames
-        num = got.num_decoded  # the container's frame count was wrong: sample the frames that exist
-    raise VideoDecodeError(f'frame count changes between decodes ({num} then {got.num_decoded})')
+    def read(num: int) -> Tuple[int, DecodedFrames]:
+        got = source.read(sampler.needed_frames(num), sampler.spec.scale)
+        return got.num_decoded, got
+
+    num, got = with_true_frame_count(read, source.num_frames)
+    plan = sampler.plan(num, *got.source_size)
+    if got.frames.shape[1:3] != plan.size:
+        raise VideoDecodeError(f'decoded frames are {got.frames.shape[1:3]}, expected {plan.size}')
+    return plan, got.frames
+
+
+# --------------------------------------------------------------------------------------------- frame rate
+
+FPS_HELP = ('resample video files to this many frames per second; 0: the native rate, no resampling '
+            '(default: {default})')
+
+
+def resolve_fps(flag: Optional[float], default: Optional[float], name: str = '--fps') -> Optional[float]:
+    """The frame rate video files are decoded at (None: their native rate), from an --fps flag, in every job.
+
+    None (not given): the job's ``default`` (scoring: the model config's fps; features: the preset's);
+    0 (or 'native'): the native rate; > 0: that rate. Negative, infinite or NaN: a ValueError naming
+    ``name``.
+    """
+    if flag is None:
+        return default
+    if flag == 'native' or flag == 0:
+        return None
+    if isinstance(flag, str) or not (flag > 0 and math.isfinite(flag)):
+        raise ValueError(f'{name} must be 0 (the native rate) or a positive frame rate, got {flag}')
+    return flag
 
 
 # ------------------------------------------------------------------------ streaming and exact-size resize

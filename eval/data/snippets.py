@@ -1,4 +1,4 @@
-"""Which frames make each feature snippet and which boxes make each crop: pure index arithmetic, no pixels.
+"""Which frames make each feature snippet: pure index arithmetic, no pixels (the crops: eval.data.crops).
 
 Two ways of placing windows of S frames over a video of N frames, every ``stride`` frames:
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, NamedTuple, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -132,58 +132,6 @@ def last_use(plan: SnippetPlan) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ crops
-
-class Crop(NamedTuple):
-    """One crop: rows [top, top + size) and columns [left, left + size) of the frame, or of the frame
-    mirrored left-right when ``mirrored`` (the box is then in the mirrored frame's coordinates)."""
-    name: str
-    top: int
-    left: int
-    size: int
-    mirrored: bool = False
-
-    def describe(self) -> dict:
-        return {'name': self.name, 'rows': [self.top, self.top + self.size],
-                'cols': [self.left, self.left + self.size],
-                'frame': 'mirrored left-right' if self.mirrored else 'original'}
-
-
-CROP_COUNTS = (1, 3, 5, 10)
-
-
-def crop_boxes(height: int, width: int, crops: int, size: int) -> List[Crop]:
-    """The crops of a (height, width) frame, in the order they are stored along the crop axis.
-
-    - 1: centre ``[(H - c) // 2, (W - c) // 2]``.
-    - 3: along the long side: start, centre, end (centred on the short side), as PySlowFast/mmaction2's
-      ThreeCrop (the end crop at L - c, unlike the Caffe2 test's 2 * ((L - c) // 2)).
-    - 5: top-left, top-right, centre, bottom-left, bottom-right.
-    - 10: those five, then the same five positions on the frame mirrored left-right. This is the order of
-      the public I3D-R50 10-crop extractor (its ``oversample_data``), not torchvision's TenCrop
-      (TL, TR, BL, BR, C): on 340x256 it is [0:224, 0:224], [0:224, 116:340], [16:240, 58:282],
-      [32:256, 0:224], [32:256, 116:340] (rows, cols), crop 5 being the mirrored frame's top-left, i.e.
-      the original top-right region mirrored.
-    """
-    if crops not in CROP_COUNTS:
-        raise ValueError(f'crops must be one of {CROP_COUNTS}, got {crops}')
-    if size > min(height, width):
-        raise ValueError(f'a {size}x{size} crop does not fit a {height}x{width} frame')
-    dy, dx = height - size, width - size
-    five = [Crop('top-left', 0, 0, size), Crop('top-right', 0, dx, size),
-            Crop('centre', dy // 2, dx // 2, size), Crop('bottom-left', dy, 0, size),
-            Crop('bottom-right', dy, dx, size)]
-    if crops == 1:
-        return [five[2]]
-    if crops == 3:
-        if height > width:
-            return [Crop('top', 0, dx // 2, size), Crop('centre', dy // 2, dx // 2, size),
-                    Crop('bottom', dy, dx // 2, size)]
-        return [Crop('left', dy // 2, 0, size), Crop('centre', dy // 2, dx // 2, size),
-                Crop('right', dy // 2, dx, size)]
-    if crops == 5:
-        return five
-    return five + [Crop(f'mirrored {c.name}', c.top, c.left, size, True) for c in five]
 
 
 def snippet_seconds(first: int, last: int, fps: float) -> Tuple[float, float]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from eval.data.records import VideoRecord
-from eval.data.decode import VideoDecodeError, open_source
+from eval.data.decode import VideoDecodeError, open_source, with_true_frame_count
 from eval.data.views import clips_from_starts
 
 # Caffe2 training jitter (cfg.TRAIN.JITTER_SCALES [256, 320] for the 224 crop, TRAIN.CROP_SIZE 224): the
@@ -112,23 +112,21 @@ def load_train_clip(path: str, spec: TrainSpec, rng_factory, fps: Optional[float
     count, from a fresh generator, so the result depends only on the video and the seed.
     """
     source = open_source(path, fps=fps)
-    num = source.num_frames
-    for _ in range(2):
+
+    def draw_and_read(num: int):
         rng = rng_factory()
         start = draw_start(rng, num, spec.num_frames, spec.sampling_rate)
         scale = draw_scale(rng, spec)
-        indices = clips_from_starts([start], num, spec.num_frames, spec.sampling_rate)[0]
-        got = source.read(indices, scale)
-        if got.num_decoded == num:
-            height, width = got.frames.shape[1:3]
-            top, left = draw_crop(rng, height, width, spec.crop_size)
-            flip = draw_flip(rng, spec.flip_prob)
-            clip = got.frames[:, top:top + spec.crop_size, left:left + spec.crop_size]
-            if flip:
-                clip = clip[:, :, ::-1]
-            return np.ascontiguousarray(clip), ClipDraw(start, scale, top, left, flip)
-        num = got.num_decoded
-    raise VideoDecodeError(f'frame count changes between decodes ({num} then {got.num_decoded})')
+        got = source.read(clips_from_starts([start], num, spec.num_frames, spec.sampling_rate)[0], scale)
+        return got.num_decoded, (rng, start, scale, got.frames)
+
+    _, (rng, start, scale, frames) = with_true_frame_count(draw_and_read, source.num_frames)
+    top, left = draw_crop(rng, frames.shape[1], frames.shape[2], spec.crop_size)
+    flip = draw_flip(rng, spec.flip_prob)
+    clip = frames[:, top:top + spec.crop_size, left:left + spec.crop_size]
+    if flip:
+        clip = clip[:, :, ::-1]
+    return np.ascontiguousarray(clip), ClipDraw(start, scale, top, left, flip)
 
 
 class TrainClipDataset(torch.utils.data.Dataset):

@@ -8,17 +8,11 @@ and the boxes to cut. The formulas reproduce the Caffe2 video-nonlocal-net test
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-
-class CropBox(NamedTuple):
-    """A square crop of the resized frame; ``flip`` mirrors it horizontally (Caffe2 positions 3-5)."""
-    top: int
-    left: int
-    size: int
-    flip: bool = False
+from eval.data.crops import Crop, crop_boxes
 
 
 @dataclass(frozen=True)
@@ -125,38 +119,6 @@ def scaled_size(height: int, width: int, scale: int) -> Tuple[int, int]:
     return scale, int(np.float32(np.float32(width) * ratio))
 
 
-def crop_boxes(height: int, width: int, crop: int, spatial_crops: int) -> List[CropBox]:
-    """The S crop boxes of a frame of size (height, width), already resized.
-
-    - S = 1: the centre crop, ``((H - c) // 2, (W - c) // 2)`` (ClipTransformFlex with use_center_crop).
-    - S = 3: Caffe2 multi-crop positions p = 0, 1, 2 along the long side at offset ``p * ((L - c) // 2)``,
-      centred on the short side. Note the Caffe2 rounding: the third crop sits at 2 * ((L - c) // 2), one
-      pixel short of L - c when L - c is odd (455 wide, crop 256: offsets 0, 99, 198).
-    - S = 6: positions 0-5, the last three mirrored (Caffe2 TEST_FULLY_CONV_FLIP, ``mirror = pos / 3``).
-    - Other S (not a Caffe2 protocol): S offsets evenly spaced from 0 to L - c, ``i * (L - c) // (S - 1)``.
-
-    Caffe2 picks the axis with ``if (h_off > 0)``, which for its only test setting (crop == short side) is
-    the long side; we use the long side in all cases, so a crop smaller than the short side still slides
-    along the long side (Caffe2's literal test would slide along the height of a landscape frame).
-    A square frame slides along the width, which is Caffe2's branch when h_off == 0.
-    """
-    if crop > min(height, width):
-        raise ValueError(f'crop {crop} does not fit a {height}x{width} frame')
-    vertical = height > width
-    long_side, short_side = (height, width) if vertical else (width, height)
-    across = (short_side - crop) // 2
-
-    def box(along: int, flip: bool = False) -> CropBox:
-        return CropBox(along, across, crop, flip) if vertical else CropBox(across, along, crop, flip)
-
-    slack = long_side - crop
-    if spatial_crops == 1:
-        return [box(slack // 2)]
-    if spatial_crops in (3, 6):
-        return [box((pos % 3) * (slack // 2), flip=pos >= 3) for pos in range(spatial_crops)]
-    return [box(i * slack // (spatial_crops - 1)) for i in range(spatial_crops)]
-
-
 # ------------------------------------------------------------------------------------------- sampler
 
 @dataclass(frozen=True)
@@ -171,7 +133,7 @@ class ViewPlan:
     frames: np.ndarray          # (U,) sorted distinct decoded-frame indices
     clip_index: np.ndarray      # (K, T) positions into ``frames``
     size: Tuple[int, int]       # (H, W) after resizing
-    boxes: Tuple[CropBox, ...]  # S crops
+    boxes: Tuple[Crop, ...]     # S crops, Caffe2 geometry (eval.data.crops)
 
     @property
     def num_views(self) -> int:
@@ -199,14 +161,14 @@ class ViewSampler:
     def resized_size(self, height: int, width: int) -> Tuple[int, int]:
         return scaled_size(height, width, self.spec.scale)
 
-    def boxes(self, height: int, width: int) -> List[CropBox]:
-        """Crop boxes of a frame of the given *original* size, in resized coordinates."""
+    def boxes(self, height: int, width: int) -> List[Crop]:
+        """Crop boxes of a frame of the given *original* size, in resized coordinates: the Caffe2 multi-crop
+        test's S crops (eval.data.crops, geometry 'caffe2')."""
         h, w = self.resized_size(height, width)
-        return crop_boxes(h, w, self.spec.crop_size, self.spec.spatial_crops)
+        return crop_boxes(h, w, self.spec.crop_size, 'caffe2', self.spec.spatial_crops)
 
     def plan(self, num_decoded: int, height: int, width: int) -> ViewPlan:
         indices = self.frame_indices(num_decoded)
         frames, inverse = np.unique(indices, return_inverse=True)
         size = self.resized_size(height, width)
-        boxes = crop_boxes(size[0], size[1], self.spec.crop_size, self.spec.spatial_crops)
-        return ViewPlan(num_decoded, frames, inverse.reshape(indices.shape), size, tuple(boxes))
+        return ViewPlan(num_decoded, frames, inverse.reshape(indices.shape), size, tuple(self.boxes(height, width)))

@@ -29,6 +29,8 @@ import torch
 from eval.kit.flags import add_execution_flags, add_model_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
 from eval.kit.console import RULE, Console, progress_bar, rank_label
+from eval.data.decode import FPS_HELP
+from eval.data.pixels import PixelNormalizer
 from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
 from eval.kit.distributed import DistContext, shard
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
@@ -136,12 +138,12 @@ def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r5
     device = resolve_device(device)
     info = model_description(name, model, weights, settings.layer)
     net = prepare_feature_model(model, settings.layer, device, fast_path, compile)
-    mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+    pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
     accumulator, video = FeatureAccumulator(), None
     with job_backend(device, resolve_precision(PRECISION, device)):
         for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
-            video = accumulator.add(chunk, run_chunk(net, chunk, settings, mean, std, device)) or video
+            video = accumulator.add(chunk, run_chunk(net, chunk, settings, pixels, device)) or video
     array = arrange(video.features, settings)
     sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
                             run_identity(info, settings, 'npy', fast_path, compile), info)
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--crop-size', type=int, help='crop side in pixels')
     k.add_argument('--resize', help='WxH (exact, LANCZOS), a short side (bilinear), or none; :filter overrides')
     k.add_argument('--norm', choices=('minus1-1', 'caffe2', 'model'), help='[-1, 1], Caffe2 mean/std, or the model\'s')
-    k.add_argument('--fps', type=float, help='resample video files to this rate (0: native)')
+    k.add_argument('--fps', type=float, help=FPS_HELP.format(default="the preset's: native"))
     k.add_argument('--layer', help='pre_logits (default), res2..res5 / layer1..4, Mixed_*: globally pooled')
     k.add_argument('--naming', choices=('name', 'stem', 'stem_rgb'), help='output file name rule')
     k.add_argument('--layout', choices=('snippets-first', 'channels-first'), help='array axis order')
@@ -249,8 +251,7 @@ class FeatureRun:
     model: torch.nn.Module
     model_info: dict
     identity: dict
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    pixels: PixelNormalizer          # the network's input: channel order, mean and std (stream.normalisation)
 
     @property
     def identity_sha256(self) -> str:
@@ -269,14 +270,14 @@ def resolve_run(config: FeatureConfig, ctx: DistContext) -> FeatureRun:
     model, weights = load_feature_model(name, config.random_weights, config.checkpoint, config.weights_file, config.seed)
     try:
         model_info = model_description(name, model, weights, settings.layer)
-        mean, std = normalisation(settings, getattr(model, 'pretrained_cfg', None))
+        pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     except (UnknownLayerError, ValueError) as e:
         raise RunError(str(e)) from e
     problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
     if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
         raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
     identity = run_identity(model_info, settings, config.format, not config.no_fast_path, config.compile)
-    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, mean, std)
+    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, pixels)
 
 
 def open_out(config: FeatureConfig, run: FeatureRun, ctx: DistContext) -> None:
@@ -462,7 +463,7 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
                                                       run.identity_sha256)
             bar.update(1)
             continue
-        video = accumulator.add(item, run_chunk(net, item, run.settings, run.mean, run.std, device))
+        video = accumulator.add(item, run_chunk(net, item, run.settings, run.pixels, device))
         snippets += item.rows.shape[0]
         if video is not None:
             results[video.job.index] = write_video_outputs(config.out, video, run.settings, config.format,

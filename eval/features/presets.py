@@ -10,13 +10,18 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
-from eval.data.snippets import ALIGNS, CROP_COUNTS, TAILS
+from zoo import CAFFE2_NORM, MINUS1_1_NORM
+
+from eval.data.crops import CROP_COUNTS
+from eval.data.decode import resolve_fps
+from eval.data.snippets import ALIGNS, TAILS
 
 NORMS = {
-    # name: (mean, std) on 0-255 pixels; the input is (x - mean) / std, computed in float32
-    'minus1-1': ((127.5,) * 3, (127.5,) * 3),       # x * 2 / 255 - 1, the [-1, 1] of both public extractors
-    'caffe2': ((114.75,) * 3, (57.375,) * 3),       # the Caffe2 video-nonlocal-net classifier's input
-    'model': None,                                  # the model's pretrained_cfg mean / std
+    # name: (mean, std) on 0-255 pixels; the input is (x - mean) / std, computed in float32, in the network's
+    # channel order (eval.features.stream.normalisation)
+    'minus1-1': MINUS1_1_NORM,      # x * 2 / 255 - 1, the [-1, 1] of both public extractors
+    'caffe2': CAFFE2_NORM,          # the Caffe2 video-nonlocal-net classifier's input
+    'model': None,                  # the model's pretrained_cfg mean / std
 }
 NAMINGS = ('name', 'stem', 'stem_rgb')
 LAYOUTS = ('snippets-first', 'channels-first')
@@ -98,8 +103,8 @@ class FeatureSettings:
         for name in ('snippet', 'stride', 'crop_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'--{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f'--fps must be positive, got {self.fps}')
+        if self.fps is not None and resolve_fps(self.fps, None) != self.fps:
+            raise ValueError(f'fps {self.fps}: a resolved rate is positive (None: native; see resolve_settings)')
         Resize.parse(self.resize)
 
     @property
@@ -172,8 +177,7 @@ def resolve_settings(preset: Optional[str] = None, **overrides) -> FeatureSettin
     changes = {k: v for k, v in overrides.items() if v is not None}
     if 'resize' in changes:
         changes['resize'] = str(Resize.parse(changes['resize']))
-    if 'fps' in changes and changes['fps'] in (0, 'native'):
-        changes['fps'] = None
+    changes['fps'] = resolve_fps(overrides.get('fps'), PRESETS[name].fps)
     return replace(PRESETS[name], **changes)
 
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from eval.data.decode import FrameFolder, VideoDecodeError, iter_frames, open_source, resize_exact, resize_short_side
+from eval.data.crops import GEOMETRY_OF_COUNT, Crop, crop_boxes, cut, mirrored_frames
+from eval.data.decode import (FrameCount, FrameFolder, Source, VideoDecodeError, iter_frames, open_source, resize_exact,
+                              resize_short_side)
+from eval.data.pixels import PixelNormalizer, network_channel_order
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
-from eval.data.snippets import ZERO_FRAME, Crop, ShortVideoError, SnippetPlan, crop_boxes, last_use, plan_snippets
+from eval.data.snippets import ZERO_FRAME, ShortVideoError, SnippetPlan, last_use, plan_snippets
 from eval.kit.runtime import to_device
 
 
@@ -71,14 +74,6 @@ class VideoFailure:
     kind: str            # 'decode' (unreadable: counts against --max-failed) or 'short' (refused by the tail rule)
 
 
-class _Recount(Exception):
-    """The container's frame count was wrong; the video is streamed again with the true count."""
-
-    def __init__(self, num_frames: int):
-        super().__init__(num_frames)
-        self.num_frames = num_frames
-
-
 def _fps(value) -> Optional[float]:
     return float(value) if value else None
 
@@ -97,12 +92,16 @@ def resize_frame(pixels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     return pixels
 
 
-def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int = 0,
-                 num_frames: Optional[int] = None) -> Iterator[SnippetChunk]:
-    """The chunks of one video, in order. Raises VideoDecodeError (unreadable), ShortVideoError (refused),
-    _Recount (the frame count the plan assumed was wrong)."""
-    source = open_source(job.path, fps=settings.fps)
-    n = num_frames if num_frames is not None else source.num_frames
+def snippet_crops(height: int, width: int, settings: FeatureSettings) -> List[Crop]:
+    """The crops of a resized frame: --crops N as its named geometry (eval.data.crops)."""
+    return crop_boxes(height, width, settings.crop_size, GEOMETRY_OF_COUNT[settings.crops])
+
+
+def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int, attempt: int, source: Source,
+                 n: int) -> Generator[SnippetChunk, None, int]:
+    """The chunks of one video planned for ``n`` frames, in order; returns how many frames the decode found.
+    When that is not ``n`` the plan was wrong and the last chunk is not yielded (``stream_video_checked``
+    streams the video again). Raises VideoDecodeError (unreadable), ShortVideoError (refused)."""
     plan = plan_snippets(n, settings.snippet, settings.stride, settings.tail, settings.align, settings.lookahead)
     free_after = last_use(plan)
     ready = plan.frames.max(axis=1)
@@ -111,7 +110,7 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
     sizes = None
     crops: List[Crop] = []
 
-    def cut(k0: int, k1: int, meta: Optional[VideoMeta]) -> SnippetChunk:
+    def chunk(k0: int, k1: int, meta: Optional[VideoMeta]) -> SnippetChunk:
         rows = plan.frames[k0:k1]
         used = np.unique(rows[rows != ZERO_FRAME])
         local = {int(f): i for i, f in enumerate(used)}
@@ -138,32 +137,37 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
             buffer[i] = resize_frame(pixels, settings)
             if sizes[1] is None:
                 sizes = (sizes[0], buffer[i].shape[:2])
-                crops = crop_boxes(*sizes[1], settings.crops, settings.crop_size)
+                crops = snippet_crops(*sizes[1], settings)
         while next_snippet < plan.num_snippets and ready[next_snippet] <= i:
             next_snippet += 1
             if next_snippet - pending_from == snippets_per_chunk and next_snippet < plan.num_snippets:
-                yield cut(pending_from, next_snippet, None)
+                yield chunk(pending_from, next_snippet, None)
                 pending_from = next_snippet
                 release(next_snippet)
     if isinstance(source, FrameFolder):
         decoded = n                         # a folder's frame count is exact
     if decoded != n:
-        raise _Recount(decoded)
+        return decoded
     if sizes is None or sizes[1] is None:
         raise VideoDecodeError('no frame could be decoded')
     fps = _fps(source.fps) if getattr(source, 'fps', None) else _fps(getattr(source, 'source_fps', None))
     fps = fps or settings.fps
     meta = VideoMeta(n, fps, _fps(getattr(source, 'source_fps', None)), tuple(sizes[0]), tuple(sizes[1]), plan, crops)
-    yield cut(pending_from, plan.num_snippets, meta)
+    yield chunk(pending_from, plan.num_snippets, meta)
+    return n
 
 
 def stream_video_checked(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int,
                          attempt: int = 0) -> Iterator[SnippetChunk]:
-    """``stream_video``, streamed again with the true frame count when the container's estimate was off."""
-    try:
-        yield from stream_video(job, settings, snippets_per_chunk, attempt)
-    except _Recount as recount:
-        yield from stream_video(job, settings, snippets_per_chunk, attempt + 1, num_frames=recount.num_frames)
+    """``stream_video`` planned with the true frame count (eval.data.decode.FrameCount): when the container's
+    estimate was off, the video is streamed again, as the next attempt, planned with the count decoded."""
+    source = open_source(job.path, fps=settings.fps)
+    count = FrameCount(source.num_frames)
+    while True:
+        decoded = yield from stream_video(job, settings, snippets_per_chunk, attempt, source, count.planned)
+        if count.settled(decoded):
+            return
+        attempt += 1
 
 
 class FeatureStream(torch.utils.data.IterableDataset):
@@ -210,36 +214,38 @@ class FeatureStream(torch.utils.data.IterableDataset):
 
 # ------------------------------------------------------------------------------------ the network side
 
-def normalisation(settings: FeatureSettings, cfg=None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def normalisation(settings: FeatureSettings, cfg=None) -> PixelNormalizer:
+    """The network input of a feature run: --norm decides mean and std (NORMS, or the model config's for
+    'model'); the channel order is the network's (eval.data.pixels.network_channel_order: the config's, RGB
+    without one); ``(x - mean) / std`` divides, the public extractors' correctly rounded [-1, 1]."""
     if settings.norm == 'model':
         if cfg is None:
             raise ValueError('--norm model needs a model with a pretrained_cfg')
-        return tuple(cfg.mean), tuple(cfg.std)
-    return NORMS[settings.norm]
+        mean, std = cfg.mean, cfg.std
+    else:
+        mean, std = NORMS[settings.norm]
+    return PixelNormalizer(mean, std, network_channel_order(cfg), divide=True)
 
 
-def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop], mean, std) -> torch.Tensor:
+def snippet_batch(frames: torch.Tensor, rows: torch.Tensor, crops: Sequence[Crop],
+                  pixels: PixelNormalizer) -> torch.Tensor:
     """Every crop of every snippet as one network batch (B * C, 3, S, c, c) float32, snippet-major
     (row b * C + j is snippet b, crop j), channels_last_3d in memory.
 
-    Pixels become ``(x - mean) / std`` in float32 (for [-1, 1]: (x - 127.5) / 127.5, the correctly rounded
-    value of x * 2 / 255 - 1); zero frames are zero after that scaling. The scaling and the mirroring run
-    once over the snippets' frames (5.8x fewer pixels than 10 crops of 224 from 340x256), and each crop is
-    copied once, straight into its place in the batch.
+    Pixels become the network's values (``pixels``, see ``normalisation``); zero frames are zero after that
+    scaling. The scaling and the mirroring run once over the snippets' frames (5.8x fewer pixels than 10
+    crops of 224 from 340x256), and each crop is copied once, straight into its place in the batch.
     """
     b, s = rows.shape
     zero = rows == ZERO_FRAME
-    src = frames.float()[rows.clamp(min=0)]                             # (B, S, H, W, 3)
-    src.sub_(torch.tensor(mean, dtype=torch.float32, device=src.device))
-    src.div_(torch.tensor(std, dtype=torch.float32, device=src.device))
+    src = pixels.channels_last_(frames.float()[rows.clamp(min=0)])      # (B, S, H, W, 3)
     if bool(zero.any()):
         src[zero] = 0.0
-    mirrored = src.flip(3) if any(crop.mirrored for crop in crops) else None
+    mirrored = mirrored_frames(src, crops)
     size = crops[0].size
     out = torch.empty((b, len(crops), s, size, size, 3), dtype=torch.float32, device=src.device)
     for j, crop in enumerate(crops):
-        source = mirrored if crop.mirrored else src    # a mirrored crop's box is in the mirrored frame
-        out[:, j] = source[:, :, crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
+        out[:, j] = cut(src, crop, mirrored)
     return out.flatten(0, 1).permute(0, 4, 1, 2, 3)                     # channels innermost: channels_last_3d
 
 
@@ -352,14 +358,15 @@ class FeatureAccumulator:
 
 def chunk_crops(chunk: SnippetChunk, settings: FeatureSettings) -> List[Crop]:
     """The crop boxes of a chunk's (resized) frames."""
-    return crop_boxes(chunk.frames.shape[1], chunk.frames.shape[2], settings.crops, settings.crop_size)
+    return snippet_crops(chunk.frames.shape[1], chunk.frames.shape[2], settings)
 
 
-def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, mean, std, device: torch.device) -> np.ndarray:
+def run_chunk(model, chunk: SnippetChunk, settings: FeatureSettings, pixels: PixelNormalizer,
+              device: torch.device) -> np.ndarray:
     """(B, C, D) float32 features of a chunk's B snippets x C crops, in one forward pass."""
     crops = chunk_crops(chunk, settings)
     frames, rows = to_device((chunk.frames, chunk.rows), device)
-    x = snippet_batch(frames, rows, crops, mean, std)
+    x = snippet_batch(frames, rows, crops, pixels)
     with torch.inference_mode():
         out = model(x)
     return out.float().cpu().numpy().reshape(chunk.rows.shape[0], len(crops), -1)

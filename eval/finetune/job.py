@@ -40,7 +40,7 @@ from eval.kit.job import RunError, decide_on_main, fail_together, run_job
 from eval.kit.models import load_model
 from eval.kit.engine import run_with_summary
 from eval.kit.rundir import probe_writable
-from eval.kit.loop import ViewNormalizer
+from eval.data.pixels import PixelNormalizer
 from eval.kit.runtime import (PRECISION_NAMES, job_backend, pin_memory, resolve_device, resolve_precision,
                                to_device)
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
@@ -263,7 +263,7 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device, training=True)
         self.scaler = self.precision.make_scaler()
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
-        self.normalise = ViewNormalizer.from_cfg(self.model.pretrained_cfg)
+        self.normalise = PixelNormalizer.from_cfg(self.model.pretrained_cfg)
         self.position = Position()
         self.log = MetricsLog(config.out, ctx.is_main)
 

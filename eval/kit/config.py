@@ -19,6 +19,7 @@ import zoo
 
 from eval.kit.distributed import DEFAULT_TIMEOUT_S, usable_cpus
 from eval.kit.runtime import precision_rule, resolve_precision
+from eval.data.decode import resolve_fps
 from eval.data.views import ViewSpec
 
 AGGREGATIONS = ('softmax', 'logits')
@@ -180,6 +181,7 @@ def check_request(request: RunRequest) -> None:
         raise ValueError(f'--max-failed is a fraction between 0 and 1, got {request.max_failed}')
     if request.views:
         parse_views(request.views)
+    resolve_fps(request.fps, None)
 
 
 def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module, weights: Dict[str, Any],
@@ -194,7 +196,8 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
         request=request, model_name=model_name, weights=weights, spec=spec,
         fully_conv=fully_conv_head(cfg, spec.crop_size),
         class_names=tuple(class_names) if class_names else model_class_names(cfg),
-        fps=request.fps or cfg.fps, mean=tuple(cfg.mean), std=tuple(cfg.std), channel_order=cfg.channel_order,
+        fps=resolve_fps(request.fps, cfg.fps), mean=tuple(cfg.mean), std=tuple(cfg.std),
+        channel_order=cfg.channel_order,
         precision=resolve_precision(request.precision, device).name, fast_path=not request.no_fast_path,
         compile=request.compile,
         batch_size=request.batch_size or default_batch_size(device),

@@ -17,52 +17,26 @@ import numpy as np
 import torch
 
 from eval.kit.console import progress_bar
+from eval.data.crops import cut, mirrored_frames
+from eval.data.pixels import PixelNormalizer
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
 from eval.kit.runtime import job_backend, pin_memory, resolve_precision, to_device
 
 
-class ViewNormalizer:
-    """uint8 (B, T, H, W, 3) views -> float (B, 3, T, H, W) model input: channel order, then (x - mean) / std.
-
-    mean/std are per channel on 0-255 pixels, as in the zoo configs (Caffe2 ClipTransformFlex computes
-    ``(pixel - mean) * (1 / std)``). Runs on the model's device, so the loader moves uint8 (4x less data).
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channel_order: str = 'RGB'):
-        if channel_order.upper() not in ('RGB', 'BGR'):
-            raise ValueError(f'channel order {channel_order!r}: expected RGB or BGR')
-        self.bgr = channel_order.upper() == 'BGR'
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1)
-
-    @classmethod
-    def from_cfg(cls, cfg) -> 'ViewNormalizer':
-        return cls(cfg.mean, cfg.std, cfg.channel_order)
-
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
-        # The permuted uint8 views keep channels innermost in memory, so .float() yields channels_last_3d,
-        # the layout the fast path wants; in-place arithmetic avoids two more full-size temporaries.
-        x = views.permute(0, 4, 1, 2, 3).float()
-        if self.bgr:
-            x = x.flip(1)
-        return x.sub_(self.mean.to(x.device)).mul_(self.inv_std.to(x.device))
-
-
 def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> Iterator[Tuple[int, torch.Tensor]]:
     """(view index, uint8 view (T, c, c, 3)) of a sample, clip-major: view v = clip v // S, crop v % S."""
     frames = sample.frames if frames is None else frames
     plan = sample.plan
+    mirrored = mirrored_frames(frames, plan.boxes)
     index = torch.as_tensor(plan.clip_index)
     for k in range(index.shape[0]):
         clip_index = index[k].to(frames.device)
         for s, box in enumerate(plan.boxes):
-            # crop first (a view), then gather the clip's frames: copies only the crop, not whole frames
-            view = frames[:, box.top:box.top + box.size, box.left:box.left + box.size][clip_index]
-            if box.flip:
-                view = view.flip(2)
-            yield k * len(plan.boxes) + s, view
+            # crop first (a view; a mirrored crop, of the frames mirrored once), then gather the clip's
+            # frames: copies only the crop, not whole frames
+            yield k * len(plan.boxes) + s, cut(frames, box, mirrored)[clip_index]
 
 
 @dataclass
@@ -134,7 +108,7 @@ class ViewBatcher:
     (``report``) as soon as its last view is scored. ``autocast``: the context of every forward pass (the
     eager model's reduced precision; a null context for the fast path, which applies its own)."""
 
-    def __init__(self, model, call_kwargs: dict, normalise: ViewNormalizer, meter: MultiViewMeter,
+    def __init__(self, model, call_kwargs: dict, normalise: PixelNormalizer, meter: MultiViewMeter,
                  records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
                  device: torch.device, autocast: Callable[[], ContextManager]):
         self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
@@ -192,7 +166,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
                                          collate_fn=_identity, pin_memory=pin_memory(device))
     meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.aggregation)
-    normalise = ViewNormalizer(config.mean, config.std, config.channel_order)
+    normalise = PixelNormalizer(config.mean, config.std, config.channel_order)
     call_kwargs = {'fully_conv': True} if config.fully_conv else {}
     net = prepare_model(model, device, config.precision, config.fast_path, config.compile)
     result = EvalResult(records, spec, meter, device=str(device), fully_conv=config.fully_conv,

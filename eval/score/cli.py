@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from eval.data.decode import FPS_HELP
 from eval.data.presets import BENCHMARKS, describe_benchmarks
 from eval.kit.config import AGGREGATIONS, RunRequest
 from eval.kit.flags import add_execution_flags, add_model_flags
@@ -28,7 +29,7 @@ def add_view_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--rate', type=int, help='sampling rate (default: model config)')
     p.add_argument('--scale', type=int, help='short side before cropping (default: model config test_scale)')
     p.add_argument('--crop', type=int, help='crop size (default: 224 for 1x1, else model test_crop_size)')
-    p.add_argument('--fps', type=float, help='resample video files to this rate (default: model config fps)')
+    p.add_argument('--fps', type=float, help=FPS_HELP.format(default="the model config's fps"))
     p.add_argument('--aggregate', choices=AGGREGATIONS, default='softmax',
                    help='per-video score: mean of view softmax (Caffe2, default) or of raw outputs')
 
