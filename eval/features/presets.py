@@ -28,6 +28,14 @@ LAYOUTS = ('snippets-first', 'channels-first')
 PRE_LOGITS = 'pre_logits'
 
 
+RESIZE_TEXT = {   # kind -> (the --resize form, the sidecar's words)
+    'exact': ('{width}x{height}:{filter}',
+              'every frame resized to exactly {width}x{height} (W x H, aspect ignored), PIL {filter}'),
+    'short': ('{short}:{filter}', 'short side resized to {short} (aspect kept), PIL {filter}'),
+    'none': ('none', 'frames at their stored size'),
+}
+
+
 @dataclass(frozen=True)
 class Resize:
     """How decoded frames are resized before cropping: to an exact size (aspect ignored), the short side
@@ -55,18 +63,11 @@ class Resize:
         raise ValueError(f'--resize {text!r}: expected WxH (e.g. 340x256), a short side (e.g. 256) or none')
 
     def __str__(self) -> str:
-        if self.kind == 'exact':
-            return f'{self.width}x{self.height}:{self.filter}'
-        if self.kind == 'short':
-            return f'{self.short}:{self.filter}'
-        return 'none'
+        """The --resize form, as resolve_settings stores it."""
+        return RESIZE_TEXT[self.kind][0].format(**asdict(self))
 
     def describe(self) -> str:
-        if self.kind == 'exact':
-            return f'every frame resized to exactly {self.width}x{self.height} (W x H, aspect ignored), PIL {self.filter}'
-        if self.kind == 'short':
-            return f'short side resized to {self.short} (aspect kept), PIL {self.filter}'
-        return 'frames at their stored size'
+        return RESIZE_TEXT[self.kind][1].format(**asdict(self))
 
 
 @dataclass(frozen=True)
