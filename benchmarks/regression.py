@@ -96,49 +96,23 @@ FINETUNE_TINTS = ((1.3, 0.6, 0.4), (0.5, 1.3, 0.5), (0.4, 0.6, 1.3))
 
 
 def synthetic_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 smooth moving content, different in every frame (a band encodes the frame number),
-    so a frame-index slip in the code under test changes the numbers."""
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    y = np.linspace(0, 1, height, dtype=np.float64)[:, None]
-    x = np.linspace(0, 1, width, dtype=np.float64)[None, :]
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    for t in range(num_frames):
-        s = t / max(num_frames - 1, 1)
-        img = np.empty((height, width, 3), dtype=np.float64)
-        for c in range(3):
-            img[..., c] = 90 + 60 * np.sin(2 * np.pi * (x * (1 + c) + 0.5 * y) + phase[c] + 2 * np.pi * s)
-        cy, cx = 0.5 + 0.3 * np.sin(2 * np.pi * s), 0.2 + 0.6 * s
-        disc = np.exp(-(((y - cy) * height) ** 2 + ((x - cx) * width) ** 2) / (2 * (0.1 * min(height, width)) ** 2))
-        img += 100 * disc[..., None] * np.array([1.0, 0.6, 0.2])
-        band = np.exp(-(((x - (t + 0.5) / num_frames) * width) ** 2) / (2 * (0.02 * width) ** 2))
-        img += 60 * band[..., None]
-        frames[t] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return frames
+    """The project's synthetic content (eval.data.synthetic of this checkout: smooth, different in every frame,
+    so a frame-index slip changes the numbers). The data set is built once and pinned by its DATA.json
+    hashes, so the trees compared never generate it themselves."""
+    from eval.data.synthetic import synthetic_frames as frames_of
+    return frames_of(num_frames, height, width, seed=seed)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
-    import av          # the project's own video dependency; imported here so `compare` never needs it
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with av.open(path, 'w') as container:
-        # one encoder thread: x264's output may depend on its thread count, and the set should not depend on
-        # the machine that happened to write it first
-        stream = container.add_stream('libx264', rate=fps,
-                                      options={'crf': '16', 'preset': 'veryfast', 'threads': '1'})
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = 'yuv420p'
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    # H.264 crf 16. Two encodes of the same frames are not always the same bytes (measured), which is why the
+    # data set is written once and pinned by DATA.json
+    from eval.data.synthetic import write_video
+    write_video(path, frames, fps=fps, crf=16)
 
 
 def write_jpegs(folder: str, frames: np.ndarray) -> None:
-    from PIL import Image
-    os.makedirs(folder, exist_ok=True)
-    for t, image in enumerate(frames):
-        Image.fromarray(image).save(os.path.join(folder, f'image_{t + 1:05d}.jpg'), quality=90)
+    from eval.data.synthetic import write_frame_folder
+    write_frame_folder(folder, frames, quality=90)
 
 
 def _kinetics_csv(path: str) -> None:
