@@ -1,9 +1,10 @@
 """The video-benchmark engine: resolve -> prepare -> score -> gather -> write outputs -> summary.
 
     exit_code = run(RunRequest(benchmark='ucf101', split='1', data='/data/ucf101', model='i3d_r50', ...))
+    exit_code, summary = run_with_summary(request, ctx)      # a job that tests inside it: fine-tuning
 
 Every front end (``python -m eval``, ``python -m eval.kinetics``) only parses flags into a ``RunRequest``
-and calls ``run``. Phases never mix: ``resolve`` decides everything once (a frozen ``RunConfig``),
+and calls ``run``; the job runner, exit verdict and model loading are the kit's (kit.job, kit.models). Phases never mix: ``resolve`` decides everything once (a frozen ``RunConfig``),
 ``prepare`` reads the benchmark and opens the run folder, ``score`` runs this rank's share into the durable
 store, ``gather`` is the only place ranks meet, and the result is always rebuilt from the store, so a
 resumed and an uninterrupted run go through the same code. Exit status: 0 when videos were scored and

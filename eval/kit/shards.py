@@ -1,5 +1,6 @@
-"""A test run that survives its processes: checks on --out before work, the manifest that identifies the run,
-which videos are left, scoring a rank's share into the durable store, and the merged result on rank 0."""
+"""A rank's share of a benchmark test that survives its processes: the manifest that identifies the run,
+which videos are left (kit.resume's rule), scoring the share into the durable store, and the merged result
+on rank 0 (the run folder's checks are kit.rundir's)."""
 from __future__ import annotations
 
 import hashlib
