@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 CONVERTER_MODULES = sorted(f'converters.{p.stem}' for p in (REPO / 'converters').glob('*.py') if p.stem != '__init__')
 
@@ -83,3 +85,12 @@ def test_eval_has_no_import_cycle_between_modules():
         module = 'eval.' + '.'.join(rel.with_suffix('').parts).replace('.__init__', '')
         graph.setdefault(module, set()).add(name)
     graphlib.TopologicalSorter(graph).prepare()     # raises CycleError naming the loop
+
+
+def test_every_module_of_the_old_flat_eval_fails_naming_where_it_moved():
+    import importlib
+    import eval
+    for old, new in eval.MOVED_MODULES.items():
+        with pytest.raises(ModuleNotFoundError, match=f'eval.{old} moved to {re.escape(new)}'):
+            importlib.import_module(f'eval.{old}')
+        importlib.import_module(new.split(',')[0])       # and the new home is there
