@@ -35,7 +35,7 @@ def test_the_builder_resolves_no_loader_by_name():
 # eval/: data -> kit -> jobs. A job folder is one task over the kit; no job imports another, and the shared
 # layers never reach up into a job.
 EVAL_LAYERS = {'data': 0, 'kit': 1}
-EVAL_JOBS = ('score', 'features', 'finetune')
+EVAL_JOBS = ('score', 'features', 'finetune', 'fvd')
 
 
 def eval_imports():

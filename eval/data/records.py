@@ -289,6 +289,26 @@ def read_unlabelled_folder(root: str, recursive: bool = False) -> List[VideoReco
     return records
 
 
+def find_videos(data: str) -> Tuple[List[VideoRecord], str]:
+    """The videos of a job's --data and a one-line description: a folder (video files and frame folders,
+    sub-folders searched), one video file (by its extension), or a list file (one path per line).
+    DataNotFound when there is nothing there or no video in it."""
+    if os.path.isdir(data):
+        records = read_unlabelled_folder(data, recursive=True)
+        desc = f'folder {data} ({len(records)} videos / frame folders, sub-folders included)'
+    elif os.path.isfile(data) and os.path.splitext(data)[1].lower() in VIDEO_EXTENSIONS:
+        records = [VideoRecord(os.path.splitext(os.path.basename(data))[0], data)]
+        desc = f'video file {data}'
+    elif os.path.isfile(data):
+        records = read_list_file(data, LabelMap(()))
+        desc = f'list file {data} ({len(records)} entries)'
+    else:
+        raise DataNotFound(f'{data}: no such file or folder')
+    if not records:
+        raise DataNotFound(f'no video found: {desc}')
+    return records, desc
+
+
 ANNOTATION_FOLDERS = ('', 'annotations')
 
 

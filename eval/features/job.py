@@ -31,7 +31,7 @@ from eval.kit.config import clip_size_problem, default_batch_size, default_worke
 from eval.kit.console import RULE, Console, progress_bar, rank_label
 from eval.data.decode import FPS_HELP
 from eval.data.pixels import PixelNormalizer
-from eval.data.records import LabelMap, VideoRecord, read_list_file, read_unlabelled_folder
+from eval.data.records import DataNotFound, VideoRecord, find_videos
 from eval.kit.distributed import DistContext, shard
 from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, run_job
 from eval.kit.models import load_model, weights_fingerprint
@@ -52,18 +52,12 @@ PRECISION = 'fp32'          # the job has no --precision: features are float32 (
 # ------------------------------------------------------------------------------------------- inputs
 
 def read_inputs(data: str) -> Tuple[List[VideoRecord], str]:
-    """The videos of --data (a folder, searched recursively, or a list file) and a one-line description."""
-    if os.path.isdir(data):
-        records = read_unlabelled_folder(data, recursive=True)
-        desc = f'folder {data} ({len(records)} videos / frame folders, sub-folders included)'
-    elif os.path.isfile(data):
-        records = read_list_file(data, LabelMap(()))
-        desc = f'list file {data} ({len(records)} entries)'
-    else:
-        raise RunError(f'--data {data}: no such file or folder')
-    if not records:
-        raise RunError(f'no video found: {desc}')
-    return records, desc
+    """The videos of --data (eval.data.records.find_videos: a folder searched recursively, one video file or a
+    list file) and a one-line description."""
+    try:
+        return find_videos(data)
+    except DataNotFound as e:
+        raise RunError(str(e)) from e
 
 
 def make_jobs(records: Sequence[VideoRecord], settings: FeatureSettings) -> Tuple[List[VideoJob], List[VideoJob]]:
