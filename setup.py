@@ -24,9 +24,11 @@ setup(
         'av>=11',           # PyAV: video decoding for eval
         'pillow',
         'simplejpeg',       # exact JPEG decoding, ~2.4x PIL here; PIL is the fallback
+        'scipy',            # scipy.linalg.sqrtm: the StyleGAN-V FVD protocols' square root, by definition
     ],
     extras_require={
         'hdf5': ['h5py'],   # eval.features --hdf5
-        'test': ['pytest>=7', 'h5py'],
+        'torchmetrics': ['torchmetrics'],     # eval.fvd.FVDMetric
+        'test': ['pytest>=7', 'h5py', 'torchmetrics'],
     },
 )

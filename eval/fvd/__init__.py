@@ -13,8 +13,8 @@ from eval.fvd.statsfile import StatsMismatch, load_stats, read_stats, save_stats
 
 def __getattr__(name):
     if name == 'FVDMetric':
-        from eval.fvd import metric
-        return metric.FVDMetric
+        from eval.fvd.metric import FVDMetric       # built when asked: it needs torchmetrics
+        return FVDMetric
     if name == 'main':
         from eval.fvd.job import main
         return main

@@ -18,7 +18,7 @@ import torch
 from eval.kit.models import load_model, weights_fingerprint
 from eval.kit.runtime import job_backend, resolve_device, resolve_precision, to_device
 from eval.fvd.preprocess import clip_indices, network_input
-from eval.fvd.protocols import Protocol
+from eval.fvd.protocols import I3D_WORDS, Protocol
 
 FVD_MODEL = 'i3d_inception'
 EMBEDDING_DIM = 400
@@ -48,6 +48,13 @@ class Embedder:
             self.net = prepare_for_inference(model, device=self.device, precision=precision, compile=compile)
         else:
             self.net = model.to(self.device)
+
+    def describe(self) -> str:
+        """The network in a citation line: the FVD network in words, anything else by what it is."""
+        if self.name == FVD_MODEL and self.weights.get('kind') == 'pretrained' and self.precision.name == 'fp32':
+            return I3D_WORDS
+        return (f'{self.name} ({self.weights.get("kind")} weights, state dict sha256 '
+                f'{self.state_dict_sha256[:12]}), {self.precision.name} (NOT the FVD network in float32)')
 
     def identity(self) -> dict:
         """What the embeddings depend on besides the protocol (a statistics file records it)."""

@@ -83,12 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, keep_heap: bool = True) -> int:
+    """The command line; ``keep_heap`` False for a caller that must not change its process's allocator."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     command = ' '.join(['python -m eval.fvd'] + argv)
     return run_job(lambda ctx, console: _run(args, command, ctx, console), args.device, args.dist_timeout,
-                   keep_heap=True)
+                   keep_heap=keep_heap)
 
 
 def resolve_args(args: argparse.Namespace) -> Protocol:
@@ -302,7 +303,7 @@ def print_header(console: Console, protocol: Protocol, embedder: Embedder, sets:
                  batch_size: int, workers: int) -> None:
     weights = embedder.weights
     console.say('=' * 100)
-    console.say(f'protocol {protocol.describe()}')
+    console.say(f'protocol {protocol.describe(embedder.describe())}')
     console.say(f'network  {embedder.name} ({weights["kind"]} weights), {embedder.precision.name}, '
                 f'{"fast path" if embedder.fast_path else "eager"}{", compiled" if embedder.compiled else ""}, '
                 f'device {embedder.device}, {batch_size} clip(s) per forward, {workers} decode workers')
@@ -345,7 +346,7 @@ def finish(args, command: str, protocol: Protocol, embedder: Embedder, sets: Dic
     paths = write_stats_files(args, protocol, embedder, sets, outcomes, out, console)
     result = None
     if 'fake' in outcomes and not short:
-        result = distance_of(outcomes['real'].stats, outcomes['fake'].stats, protocol)
+        result = distance_of(outcomes['real'].stats, outcomes['fake'].stats, protocol, embedder.describe())
     write_result(out, protocol, embedder, outcomes, counts, result, paths, code, why, command, wall, world_size)
     print_outcome(console, protocol, outcomes, result, out)
     if code:
@@ -382,7 +383,7 @@ def write_result(out: str, protocol: Protocol, embedder: Embedder, outcomes: Dic
     doc = {'fvd': None if result is None else float(result),
            'trusted': None if result is None else result.trusted,
            'notes': [] if result is None else result.notes,
-           'description': protocol.describe() if result is None else result.description,
+           'description': protocol.describe(embedder.describe()) if result is None else result.description,
            'terms': None if result is None else {'mean': result.distance.mean_term, 'trace': result.distance.trace_term,
                                                  'imaginary_dropped': result.distance.imaginary,
                                                  'min_eigenvalues': list(result.distance.min_eigenvalues)},

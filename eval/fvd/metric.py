@@ -20,7 +20,7 @@ import torch
 
 from eval.fvd.embed import FVD_MODEL, Embedder, as_pixels, clips_of
 from eval.fvd.frechet import Distance, Stats, frechet_distance, statistics
-from eval.fvd.protocols import Protocol, resolve_protocol
+from eval.fvd.protocols import I3D_WORDS, Protocol, resolve_protocol
 from eval.fvd.statsfile import load_stats, save_stats
 
 
@@ -31,9 +31,10 @@ class FVDResult(float):
     n_real: int
     n_fake: int
 
-    def __new__(cls, distance: Distance, protocol: Protocol, n_real: int, n_fake: int):
+    def __new__(cls, distance: Distance, protocol: Protocol, n_real: int, n_fake: int, network: str = I3D_WORDS):
         self = super().__new__(cls, distance.value)
         self.distance, self.protocol, self.n_real, self.n_fake = distance, protocol, n_real, n_fake
+        self.network = network
         return self
 
     @property
@@ -46,16 +47,16 @@ class FVDResult(float):
 
     @property
     def description(self) -> str:
-        return f'{self.protocol.describe()}; {self.n_real} real vs {self.n_fake} fake videos'
+        return f'{self.protocol.describe(self.network)}; {self.n_real} real vs {self.n_fake} fake videos'
 
     def __repr__(self) -> str:
         flag = '' if self.trusted else ' UNRELIABLE'
         return f'FVDResult({float(self):.4f}{flag}, protocol={self.protocol.name!r}, n={self.n_real}/{self.n_fake})'
 
 
-def distance_of(real: Stats, fake: Stats, protocol: Protocol) -> FVDResult:
+def distance_of(real: Stats, fake: Stats, protocol: Protocol, network: str = I3D_WORDS) -> FVDResult:
     """The one place an FVD is computed (the Python object and the command line both call it)."""
-    return FVDResult(frechet_distance(real, fake, protocol.sqrt), protocol, real.n, fake.n)
+    return FVDResult(frechet_distance(real, fake, protocol.sqrt), protocol, real.n, fake.n, network)
 
 
 class FVD:
@@ -64,10 +65,11 @@ class FVD:
     def __init__(self, protocol: Union[str, Protocol] = 'original', *, device=None, precision: str = 'fp32',
                  model: Union[str, torch.nn.Module] = FVD_MODEL, batch_size: int = 8, fast_path: bool = True,
                  compile: bool = False, checkpoint: Optional[str] = None, weights_file: Optional[str] = None,
-                 **overrides):
+                 random_weights: bool = False, seed: int = 0, **overrides):
         self.protocol = protocol if isinstance(protocol, Protocol) else resolve_protocol(protocol, **overrides)
         self.embedder = Embedder(model, device=device, precision=precision, fast_path=fast_path, compile=compile,
-                                 checkpoint=checkpoint, weights_file=weights_file)
+                                 checkpoint=checkpoint, weights_file=weights_file, random_weights=random_weights,
+                                 seed=seed)
         self.batch_size = max(1, int(batch_size))
         self.rng = np.random.default_rng(self.protocol.seed)
         self.embeddings = {True: [], False: []}
@@ -102,7 +104,7 @@ class FVD:
             raise ValueError(f'{name} set: {e}') from None
 
     def compute(self) -> FVDResult:
-        return distance_of(self.stats(True), self.stats(False), self.protocol)
+        return distance_of(self.stats(True), self.stats(False), self.protocol, self.embedder.describe())
 
     def save_stats(self, path: str, real: bool = True) -> None:
         save_stats(path, self.stats(real), self.protocol, self.embedder.identity())
@@ -146,7 +148,7 @@ def _metric_class():
             for state in (self.real_embeddings, self.fake_embeddings):
                 emb = torch.cat(state) if isinstance(state, list) else state
                 sets.append(statistics(emb.cpu().numpy(), self.fvd.protocol.covariance))
-            self.fvd_result = distance_of(sets[0], sets[1], self.fvd.protocol)
+            self.fvd_result = distance_of(sets[0], sets[1], self.fvd.protocol, self.fvd.embedder.describe())
             return torch.tensor(float(self.fvd_result), dtype=torch.float64)
 
     return FVDMetric

@@ -25,6 +25,8 @@ COVARIANCES = {'unbiased': 'unbiased covariance (divided by N - 1)', 'biased': '
 SQRTS = {'svd': "trace of the square root by SVD, as tensorflow-gan's frechet_classifier_distance (singular "
                 'values below 1e-10 not rooted)',
          'sqrtm': 'scipy.linalg.sqrtm of sigma_real @ sigma_fake, real part'}
+I3D_WORDS = ('I3D Inception, TF-Hub deepmind/i3d-kinetics-400/1 weights, 400 logits averaged over time, '
+             'float32')
 CLIPS = {'start': 'from the first frame', 'random': 'from a start drawn per video (seeded, recorded)',
          'centre': 'centred in the video'}
 
@@ -72,14 +74,13 @@ class Protocol:
             out.pop(key)
         return out
 
-    def describe(self) -> str:
-        """One line to paste into a paper: the protocol, every knob, the network."""
+    def describe(self, network: str = I3D_WORDS) -> str:
+        """One line to paste into a paper: the protocol, every knob, the network (``network``: its words)."""
         frames = 'every given frame' if self.frames is None else (
             f'{self.frames} frames' + (f' (every {self.step}th of {self.span})' if self.step > 1 else ''))
         return (f'FVD, protocol {self.name} ({self.paper or "custom"}): {frames} {CLIPS[self.clip]} of each video'
                 f'{f" at {self.fps:g} fps" if self.fps else ""}; {RESIZES[self.resize].format(size=self.size)}; '
-                f'values {SCALINGS[self.scaling]}; embedding: I3D Inception, TF-Hub deepmind/i3d-kinetics-400/1 '
-                f'weights, 400 logits averaged over time, float32; statistics in float64 with the '
+                f'values {SCALINGS[self.scaling]}; embedding: {network}; statistics in float64 with the '
                 f'{COVARIANCES[self.covariance]}; {SQRTS[self.sqrt]}'
                 + (f'; {self.num_videos} videos per set (seed {self.seed})' if self.num_videos else ''))
 
