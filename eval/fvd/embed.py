@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from eval.kit.config import default_batch_size
 from eval.kit.models import load_model, weights_fingerprint
 from eval.kit.runtime import job_backend, resolve_device, resolve_precision, to_device
 from eval.fvd.preprocess import clip_indices, network_input
@@ -26,12 +27,20 @@ VALUE_RANGES = {'uint8': (0.0, 255.0), '0-255': (0.0, 255.0), '0-1': (0.0, 1.0),
 
 
 class Embedder:
-    """The network built once (device, precision, fast path, compile): clips in, (N, 400) float32 out."""
+    """The network built once (device, precision, fast path, compile): clips in, (N, 400) float32 out.
+
+    Clips run in forward passes of exactly ``batch_size`` (default: the kit's, eval.kit.config.default_batch_size),
+    a last partial batch padded with copies of its last clip: a clip's embedding then never depends on how
+    many clips came with it (oneDNN's and cuDNN's float32 sums can change with the batch size, not with the
+    other clips), so any split into updates, ranks or resumed attempts gives the same embeddings.
+    """
 
     def __init__(self, model: Union[str, torch.nn.Module] = FVD_MODEL, *, device=None, precision: str = 'fp32',
                  fast_path: bool = True, compile: bool = False, checkpoint: Optional[str] = None,
-                 weights_file: Optional[str] = None, random_weights: bool = False, seed: int = 0):
+                 weights_file: Optional[str] = None, random_weights: bool = False, seed: int = 0,
+                 batch_size: Optional[int] = None):
         self.device = resolve_device(device)
+        self.batch_size = max(1, int(batch_size or default_batch_size(self.device)))
         self.precision = resolve_precision(precision, self.device)
         if isinstance(model, str):
             self.name = model
@@ -62,7 +71,17 @@ class Embedder:
                 'precision': self.precision.name, 'fast_path': self.fast_path}
 
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
-        """(N, 3, T, S, S) float32 network input -> (N, 400) float32 embeddings."""
+        """(N, 3, T, S, S) float32 network input -> (N, 400) float32 embeddings, in passes of ``batch_size``."""
+        parts = []
+        for i in range(0, clips.shape[0], self.batch_size):
+            batch = clips[i:i + self.batch_size]
+            real = batch.shape[0]
+            if real < self.batch_size:
+                batch = torch.cat([batch, batch[-1:].expand(self.batch_size - real, *batch.shape[1:])])
+            parts.append(self._forward(batch)[:real])
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _forward(self, clips: torch.Tensor) -> np.ndarray:
         with job_backend(self.device, self.precision), torch.inference_mode():
             x = to_device(clips, self.device)
             if self.fast_path:

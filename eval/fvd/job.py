@@ -36,7 +36,7 @@ from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, 
 from eval.kit.meter import softmax
 from eval.kit.report import json_safe
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import PRECISION_NAMES, pin_memory
+from eval.kit.runtime import PRECISION_NAMES, pin_memory, resolve_device
 from eval.kit.shards import ShardReport, collect_on_main, plan_work
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo
 from eval.fvd.clips import SETS, Clip, ClipJob, ClipStream, batches, sample_videos
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p, model_help=f'the embedding network (default {FVD_MODEL}: the network FVD is defined with)')
     p.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
                    help='fp32 (default: the protocol\'s numbers); bf16 / fp16 are faster and recorded as such')
-    p.add_argument('--batch-size', type=int, help='clips per forward pass (default 1 on CPU, 8 on CUDA)')
+    p.add_argument('--batch-size', type=int, help='clips per forward pass (default 2 on CPU, 8 on CUDA; a last partial '
+                                                  'batch is padded, so embeddings never depend on it)')
     p.add_argument('--threads', type=int, help='torch CPU threads per rank')
     add_execution_flags(p)
     return p
@@ -243,24 +244,26 @@ class SetOutcome:
     refused: List[Tuple[str, str]]
     failed: List[Tuple[str, str]]
     missing: List[Tuple[str, str]]
+    clips: List[Tuple[str, str]] = dataclasses.field(default_factory=list)     # (path, 'frames a..b') per video
 
 
 def set_outcome(vs: VideoSet, stored: Dict[str, StoredVideo], protocol: Protocol) -> SetOutcome:
     """A set's statistics from the store (its embeddings in set order: independent of ranks and batches)."""
     if vs.stats is not None:
         return SetOutcome(vs.stats, vs.stats.n, [], [], [])
-    rows, refused, failed = [], [], []
+    rows, refused, failed, clips = [], [], [], []
     for job in vs.jobs:
         video = stored.get(f'{job.set}/{job.position}')
         if video is None:
             failed.append((job.path, 'no embedding stored (a rank stopped before it)'))
         elif video.status == SCORED:
             rows.append(video.output_sum.astype(np.float32))
+            clips.append((job.path, video.reason))
         else:
             kind, _, reason = video.reason.partition(': ')
             (refused if kind == 'short' else failed).append((job.path, reason))
     stats = statistics(np.stack(rows), protocol.covariance) if len(rows) >= 2 else None
-    return SetOutcome(stats, len(rows), refused, failed, list(vs.missing))
+    return SetOutcome(stats, len(rows), refused, failed, list(vs.missing), clips)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -273,9 +276,11 @@ def _run(args, command: str, ctx: DistContext, console: Console) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        embedder = Embedder(args.model or FVD_MODEL, device=args.device, precision=args.precision,
+        device = resolve_device(args.device, ctx)          # under torchrun: this rank's GPU
+        embedder = Embedder(args.model or FVD_MODEL, device=device, precision=args.precision,
                             fast_path=not args.no_fast_path, compile=args.compile, checkpoint=args.checkpoint,
-                            weights_file=args.weights_file, random_weights=args.random_weights, seed=args.seed)
+                            weights_file=args.weights_file, random_weights=args.random_weights, seed=args.seed,
+                            batch_size=args.batch_size)
     except ValueError as e:
         raise RunError(str(e)) from e
     sets = open_sets(args, protocol, embedder)
@@ -285,7 +290,7 @@ def _run(args, command: str, ctx: DistContext, console: Console) -> int:
                    'checking the output folder')
     store = ScoreStore(out)
     plan = plan_work(ctx, store, records, args.retry_failed)
-    batch_size = args.batch_size or (8 if embedder.device.type == 'cuda' else 1)
+    batch_size = embedder.batch_size
     workers = args.workers if args.workers is not None else default_workers(ctx.local_world_size)
     print_header(console, protocol, embedder, sets, plan, out, batch_size, workers)
     report = embed_share(ctx, store, [jobs[i] for i in plan.mine], embedder, protocol, workers, batch_size,
@@ -389,6 +394,7 @@ def write_result(out: str, protocol: Protocol, embedder: Embedder, outcomes: Dic
                                                  'min_eigenvalues': list(result.distance.min_eigenvalues)},
            'protocol': {'name': protocol.name, **protocol.identity(), 'sources': list(protocol.sources)},
            'network': embedder.identity(), 'counts': counts, 'stats_files': paths, 'failures': failures,
+           'videos': [{'set': n, 'path': p, 'clip': c} for n, o in outcomes.items() for p, c in o.clips],
            'exit': {'status': code, 'reason': why or 'ok'},
            'run': {'world_size': world_size, 'seconds': round(wall, 2), 'command': command, 'torch': torch.__version__}}
     import json

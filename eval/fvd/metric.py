@@ -63,14 +63,13 @@ class FVD:
     """Accumulate real and fake embeddings under one protocol; ``compute`` the Fréchet distance."""
 
     def __init__(self, protocol: Union[str, Protocol] = 'original', *, device=None, precision: str = 'fp32',
-                 model: Union[str, torch.nn.Module] = FVD_MODEL, batch_size: int = 8, fast_path: bool = True,
+                 model: Union[str, torch.nn.Module] = FVD_MODEL, batch_size: Optional[int] = None, fast_path: bool = True,
                  compile: bool = False, checkpoint: Optional[str] = None, weights_file: Optional[str] = None,
                  random_weights: bool = False, seed: int = 0, **overrides):
         self.protocol = protocol if isinstance(protocol, Protocol) else resolve_protocol(protocol, **overrides)
         self.embedder = Embedder(model, device=device, precision=precision, fast_path=fast_path, compile=compile,
                                  checkpoint=checkpoint, weights_file=weights_file, random_weights=random_weights,
-                                 seed=seed)
-        self.batch_size = max(1, int(batch_size))
+                                 seed=seed, batch_size=batch_size)
         self.rng = np.random.default_rng(self.protocol.seed)
         self.embeddings = {True: [], False: []}
         self.loaded = {True: None, False: None}
@@ -78,11 +77,10 @@ class FVD:
     def embed(self, videos, *, layout: Optional[str] = None, value_range: Optional[str] = None) -> np.ndarray:
         """(N, 400) float32 embeddings of a batch of videos under the protocol (see ``as_pixels`` for inputs)."""
         pixels = as_pixels(videos, layout, value_range)
-        out = []
-        for i in range(0, pixels.shape[0], self.batch_size):
-            clips, _ = clips_of(pixels[i:i + self.batch_size], self.protocol, self.rng)
-            out.append(self.embedder(clips))
-        return np.concatenate(out) if out else np.zeros((0, 400), np.float32)
+        step = self.embedder.batch_size
+        out = [self.embedder(clips_of(pixels[i:i + step], self.protocol, self.rng)[0])
+               for i in range(0, pixels.shape[0], step)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def update(self, videos, real: bool, *, layout: Optional[str] = None, value_range: Optional[str] = None) -> None:
         """Embed a batch of videos into the real or the fake set."""
