@@ -100,7 +100,7 @@ def end_to_end(folder: str, counts=(4, 12), workers: int = 1) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4])
+    p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 2, 4, 8])
     p.add_argument('--json', help='default: benchmarks/fvd-<cpu|gpu>.json')
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -254,3 +254,34 @@ def test_both_fps_flags_say_the_same_words():
     assert scoring.startswith(rule) and features.startswith(rule)
     assert scoring.endswith("(default: the model config's fps)")
     assert features.endswith("(default: the preset's: native)")
+
+
+# ------------------------------------------------------------------------------ a job's video input
+
+def test_features_and_fvd_read_their_input_through_one_finder(tmp_path):
+    """eval.data.records.find_videos: a folder (sub-folders searched), one video file, a list file; both jobs
+    that take any videos call it (scoring's --benchmark unlabelled keeps its own reader for now)."""
+    import ast
+    import pathlib
+    from eval.data.records import DataNotFound, find_videos
+    from eval.data.synthetic import write_synthetic_video
+    (tmp_path / 'sub').mkdir()
+    a = write_synthetic_video(str(tmp_path / 'a.mp4'), num_frames=4, height=16, width=16)
+    b = write_synthetic_video(str(tmp_path / 'sub' / 'b.mp4'), num_frames=4, height=16, width=16)
+    (tmp_path / 'list.txt').write_text('# two videos\nsub/b.mp4\n\na.mp4\n')
+    folder, desc = find_videos(str(tmp_path))
+    assert [(r.video_id, r.path) for r in folder] == [('a', a), ('sub/b', b)] and 'sub-folders' in desc
+    one, desc = find_videos(b)
+    assert [(r.video_id, r.path) for r in one] == [('b', b)] and desc == f'video file {b}'
+    listed, _ = find_videos(str(tmp_path / 'list.txt'))
+    assert [r.path for r in listed] == [b, a]
+    with pytest.raises(DataNotFound, match='no such file or folder'):
+        find_videos(str(tmp_path / 'nowhere'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DataNotFound, match='no video found'):
+        find_videos(str(tmp_path / 'empty'))
+    eval_dir = pathlib.Path(__file__).resolve().parents[1] / 'eval'
+    for job in ('features/job.py', 'fvd/job.py'):
+        names = {a.name for n in ast.walk(ast.parse((eval_dir / job).read_text()))
+                 if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert 'find_videos' in names and 'read_unlabelled_folder' not in names and 'read_list_file' not in names

@@ -7,8 +7,8 @@
 
 From Python: ``feats, info = extract(model, 'clip.mp4', preset='i3d-r50-10crop')``.
 
---data is a folder (video files and frame folders, searched recursively) or a list file (one path per
-line). Per video --out gets the array (``<stem>.npy``, named as the preset says) and ``<stem>.json`` (what
+--data is a folder (video files and frame folders, searched recursively), one video file, or a list file
+(one path per line). Per video --out gets the array (``<stem>.npy``, named as the preset says) and ``<stem>.json`` (what
 every axis, crop and snippet is); at the end ``index.json`` lists every video and every failure.
 ``manifest.json`` ties --out to one configuration; the same command again resumes, skipping every video
 whose array matches its sidecar. Presets and their sources: eval/features/presets.py.
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m eval.features', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', required=True, help='a folder of videos / frame folders (searched recursively), '
-                                                 'or a list file (one path per line)')
+                                                 'one video file, or a list file (one path per line)')
     p.add_argument('--out', required=True, help='output folder (resumed when it holds a run of this configuration)')
     p.add_argument('--preset', default='i3d-r50-10crop', choices=sorted(PRESETS),
                    help='i3d-r50-10crop (default), i3d-inception, dense')

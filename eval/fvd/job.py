@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p, model_help=f'the embedding network (default {FVD_MODEL}: the network FVD is defined with)')
     p.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
                    help='fp32 (default: the protocol\'s numbers); bf16 / fp16 are faster and recorded as such')
-    p.add_argument('--batch-size', type=int, help='clips per forward pass (default 2 on CPU, 8 on CUDA; a last partial '
+    p.add_argument('--batch-size', type=int, help='clips per forward pass (default 4 on CPU, 8 on CUDA; a last partial '
                                                   'batch is padded, so embeddings never depend on it)')
     p.add_argument('--threads', type=int, help='torch CPU threads per rank')
     add_execution_flags(p)
