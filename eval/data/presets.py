@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from eval.data.records import (DataNotFound, LabelMap, VideoRecord, find_annotations, normalise_label, read_class_folders,
-                       read_dataset, read_list_file, read_unlabelled_folder, video_root)
+from eval.data.records import (DataNotFound, LabelMap, VideoRecord, find_annotations, find_videos, normalise_label,
+                               read_class_folders, read_dataset, read_list_file, video_root)
 
 # (records, description of what was read) from (data, annotations, split, labels)
 Reader = Callable[[str, Optional[str], Optional[str], LabelMap], Tuple[List[VideoRecord], str]]
@@ -67,17 +67,32 @@ def _find_video(root: str, relative: str, class_name: str) -> Optional[str]:
     return None
 
 
-def _record(root: str, relative: str, class_name: str, labels: LabelMap) -> VideoRecord:
+def _subfolders(root: str) -> List[str]:
+    try:
+        return sorted(e.path for e in os.scandir(root) if e.is_dir())
+    except OSError:
+        return []
+
+
+def _record(root: str, relative: str, class_name: str, labels: LabelMap, below: Sequence[str] = ()) -> VideoRecord:
+    """A listed video's record; when it is missing under ``root`` but present in one of the folders ``below``
+    it (its sub-folders), the reason names the --data that would find it."""
     video_id = os.path.splitext(os.path.basename(relative))[0]
     label, label_name = labels.lookup(class_name)
     path = _find_video(root, relative, class_name)
-    missing = None if path else f'{relative} not found under {root} (as listed, flat, or as a frame folder)'
+    missing = None
+    if path is None:
+        missing = f'{relative} not found under {root} (as listed, flat, or as a frame folder)'
+        deeper = next((sub for sub in below if _find_video(sub, relative, class_name)), None)
+        if deeper:
+            missing += f'; it is under {deeper}: give --data {deeper}'
     return VideoRecord(video_id, path, label, label_name, missing)
 
 
 # ------------------------------------------------------------------------------------------ UCF-101
 
 UCF101_FOLDERS = ('ucfTrainTestlist', 'annotations', '')
+UCF101_VIDEO_FOLDERS = ('UCF-101',)          # UCF101.rar extracts to UCF-101/<Class>/v_*.avi
 
 
 def ucf101_classes(data: str, annotations: Optional[str]) -> Tuple[str, ...]:
@@ -103,7 +118,8 @@ def _read_ucf101_list(data: str, annotations: Optional[str], split: Optional[str
     case-insensitively (the lists write HandstandPushups where classInd.txt writes HandStandPushups)."""
     name = f'{kind}list0{split}.txt'
     path = os.path.join(_annotation_dir(data, annotations, name, UCF101_FOLDERS), name)
-    root = video_root(data)
+    root = video_root(data, UCF101_VIDEO_FOLDERS)
+    below = _subfolders(root)
     records = []
     with open(path, encoding='utf-8') as f:
         for line in f:
@@ -111,7 +127,7 @@ def _read_ucf101_list(data: str, annotations: Optional[str], split: Optional[str
             if kind == 'train':
                 relative = re.sub(r'\s+\d+$', '', relative)
             if relative:
-                records.append(_record(root, relative, relative.split('/')[0], labels))
+                records.append(_record(root, relative, relative.split('/')[0], labels, below))
     return records, f'UCF-101 split {split}, {kind} list ({path}), videos under {root}'
 
 
@@ -130,6 +146,7 @@ def read_ucf101_train(data: str, annotations: Optional[str], split: Optional[str
 # ------------------------------------------------------------------------------------------ HMDB-51
 
 HMDB51_FOLDERS = ('testTrainMulti_7030_splits', 'splits', 'annotations', '')
+HMDB51_VIDEO_FOLDERS = ('hmdb51_org',)       # hmdb51_org.rar (and its per-class archives) -> hmdb51_org/<class>/*.avi
 _HMDB_SPLIT = re.compile(r'^(?P<cls>.+)_test_split(?P<split>[123])\.txt$')
 HMDB51_TEST_FLAG = '2'          # split files mark each video 0 (unused), 1 (train) or 2 (test)
 HMDB51_TRAIN_FLAG = '1'
@@ -152,7 +169,8 @@ def _read_hmdb51_flag(data: str, annotations: Optional[str], split: Optional[str
                       flag: str) -> Tuple[List[VideoRecord], str]:
     """``<class>_test_split{n}.txt``: ``<video>.avi <flag>`` lines; the videos marked ``flag``."""
     files = _hmdb51_split_files(data, annotations, split)
-    root = video_root(data)
+    root = video_root(data, HMDB51_VIDEO_FOLDERS)
+    below = _subfolders(root)
     records = []
     for class_name, path in files.items():
         with open(path, encoding='utf-8') as f:
@@ -163,7 +181,7 @@ def _read_hmdb51_flag(data: str, annotations: Optional[str], split: Optional[str
                 if len(parts) != 2 or parts[1] not in '012':
                     raise ValueError(f'{path}:{n}: expected "<video> <0|1|2>", got {line.strip()!r}')
                 if parts[1] == flag:
-                    records.append(_record(root, os.path.join(class_name, parts[0]), class_name, labels))
+                    records.append(_record(root, os.path.join(class_name, parts[0]), class_name, labels, below))
     part = 'test' if flag == HMDB51_TEST_FLAG else 'train'
     return records, (f'HMDB-51 {part} split {split} ({len(files)} split files in {os.path.dirname(path)}), '
                      f'videos under {root}')
@@ -196,7 +214,9 @@ def read_folders(data, annotations, split, labels):
 
 
 def read_unlabelled(data, annotations, split, labels):
-    return read_unlabelled_folder(data), f'unlabelled videos in {data}'
+    """Every job's video finder (eval.data.records.find_videos): a folder searched recursively, one video file
+    or a list file of paths."""
+    return find_videos(data)
 
 
 def kinetics_csv_classes(data: str, annotations: Optional[str]) -> Tuple[str, ...]:

@@ -227,19 +227,31 @@ def _is_frame_folder(path: str) -> bool:
     return False
 
 
-def _video_entries(folder: str, with_folders: bool = False) -> List[os.DirEntry]:
+def _dangling(entry: os.DirEntry) -> bool:
+    """A symbolic link to nothing, named like a video or a frame folder (no extension)."""
+    ext = os.path.splitext(entry.name)[1].lower()
+    return entry.is_symlink() and not os.path.exists(entry.path) and (ext in VIDEO_EXTENSIONS or not ext)
+
+
+def _video_entries(folder: str, with_folders: bool = False) -> List[Union[os.DirEntry, VideoRecord]]:
     """Video files and frame folders directly in ``folder``, sorted by name (``with_folders``: every other
-    sub-folder too)."""
-    found = []
+    sub-folder too). What cannot be a video but looks like one, a dangling symbolic link, comes back as a
+    VideoRecord without a path that says so: listed as missing, never skipped in silence."""
+    found: List[Union[os.DirEntry, VideoRecord]] = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir() and (with_folders or _is_frame_folder(entry.path)):
+        if _dangling(entry):
+            found.append(VideoRecord(os.path.splitext(entry.name)[0], None, missing=(
+                f'{entry.path} is a symbolic link to {os.readlink(entry.path)}, which does not exist')))
+        elif entry.is_dir() and (with_folders or _is_frame_folder(entry.path)):
             found.append(entry)
         elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
             found.append(entry)
     return found
 
 
-def _entry_record(entry: os.DirEntry, label: int = UNLABELLED, label_name: str = '') -> VideoRecord:
+def _entry_record(entry: Union[os.DirEntry, VideoRecord], label: int = UNLABELLED, label_name: str = '') -> VideoRecord:
+    if isinstance(entry, VideoRecord):
+        return dataclasses.replace(entry, label=label, label_name=label_name)
     video_id = entry.name if entry.is_dir() else os.path.splitext(entry.name)[0]
     return VideoRecord(video_id, entry.path, label, label_name)
 
@@ -275,17 +287,38 @@ def read_unlabelled_folder(root: str, recursive: bool = False) -> List[VideoReco
 
     ``recursive``: also in its sub-folders (a folder that is not a frame folder is searched; a frame folder
     is one video); a video's id is then its path relative to ``root`` without the extension
-    (``Abuse/Abuse001_x264``), in that order.
+    (``Abuse/Abuse001_x264``), in that order. A folder is searched once by its real path, so a symbolic link
+    back up (``sub/up -> ..``) or to a folder already searched adds nothing instead of looping; a dangling
+    link and a folder that cannot be listed are records without a path that say why.
     """
     if not recursive:
         return [_entry_record(e) for e in _video_entries(root)]
+    return _search(root, '', {os.path.realpath(root)})
+
+
+def _search(folder: str, prefix: str, seen: set) -> List[VideoRecord]:
+    """The records under ``folder`` (ids prefixed); ``seen``: real paths of folders already searched or claimed.
+    A real sub-folder is searched under its own name before a symbolic link to it from beside it."""
+    try:
+        entries = _video_entries(folder, with_folders=True)
+    except OSError as e:
+        return [VideoRecord(prefix.rstrip('/') or folder, None, missing=f'cannot list folder {folder}: {e.strerror or e}')]
+    folders = [e for e in entries if not isinstance(e, VideoRecord) and e.is_dir() and not _is_frame_folder(e.path)]
+    mine = {e.path: os.path.realpath(e.path) for e in folders if not e.is_symlink()}
+    mine = {path: real for path, real in mine.items() if real not in seen}
+    seen.update(mine.values())
     records = []
-    for entry in _video_entries(root, with_folders=True):
-        if entry.is_dir() and not _is_frame_folder(entry.path):
-            for r in read_unlabelled_folder(entry.path, recursive=True):
-                records.append(VideoRecord(f'{entry.name}/{r.video_id}', r.path, r.label, r.label_name))
+    for entry in entries:
+        if isinstance(entry, VideoRecord):
+            records.append(dataclasses.replace(entry, video_id=prefix + entry.video_id))
+        elif entry in folders:
+            real = mine.get(entry.path) or os.path.realpath(entry.path)
+            if entry.path in mine or real not in seen:
+                seen.add(real)
+                records += _search(entry.path, f'{prefix}{entry.name}/', seen)
         else:
-            records.append(_entry_record(entry))
+            record = _entry_record(entry)
+            records.append(dataclasses.replace(record, video_id=prefix + record.video_id))
     return records
 
 
@@ -332,9 +365,10 @@ def find_annotations(folder: str) -> Tuple[Optional[str], List[str]]:
 VIDEO_ROOTS = ('frames', 'videos')
 
 
-def video_root(folder: str) -> str:
-    """Where the videos of a data folder are: ``frames/`` or ``videos/`` (the seed's layout), else the folder."""
-    for sub in VIDEO_ROOTS:
+def video_root(folder: str, official: Sequence[str] = ()) -> str:
+    """Where the videos of a data folder are: a benchmark's ``official`` folder (``UCF-101/`` of the UCF-101
+    archive), ``frames/`` or ``videos/`` (the seed's layout), else the folder itself."""
+    for sub in tuple(official) + VIDEO_ROOTS:
         if os.path.isdir(os.path.join(folder, sub)):
             return os.path.join(folder, sub)
     return folder
@@ -369,6 +403,8 @@ def read_dataset(data: str, labels: LabelMap, annotations: Optional[str] = None,
     """
     if annotations:
         return read_kinetics_csv(annotations, data, labels, split), f'Kinetics CSV {annotations}, videos under {data}'
+    if os.path.isfile(data) and os.path.splitext(data)[1].lower() in VIDEO_EXTENSIONS:
+        return find_videos(data)                      # one video: predictions (a label needs a list)
     if os.path.isfile(data):
         if data.lower().endswith('.csv'):
             root = os.path.dirname(os.path.abspath(data))
