@@ -25,6 +25,9 @@ setup(
         'pillow',
         'simplejpeg',       # exact JPEG decoding, ~2.4x PIL here; PIL is the fallback
         'scipy',            # scipy.linalg.sqrtm: the StyleGAN-V FVD protocols' square root, by definition
+        # the pinned ffmpeg (7.0.2-static) of the JPEG round trip of eval.features' i3d-r50-10crop preset: its
+        # JPEG bytes depend on the build, so the version is pinned (eval.data.jpeg_roundtrip)
+        'imageio-ffmpeg==0.6.0',
     ],
     extras_require={
         'hdf5': ['h5py'],   # eval.features --hdf5

@@ -74,7 +74,7 @@ def test_snippet_counts_of_the_real_clips_follow_each_rule(real_clips, name):
 
 
 def test_ten_crops_are_cut_pixel_for_pixel_from_the_documented_boxes(real_clips):
-    settings = resolve_settings('i3d-r50-10crop')
+    settings = resolve_settings('i3d-r50-10crop', jpeg_roundtrip=False)      # frames decoded by hand: no JPEGs
     chunk = chunks_of(real_clips['arm_wrestling.mp4'], settings, per_chunk=2)[1]          # snippets 2 and 3
     batch = snippet_batch(chunk.frames, chunk.rows, chunk_crops(chunk, settings), PixelNormalizer((0, 0, 0), (1, 1, 1)))
     batch = batch.view(2, 10, 3, 16, 224, 224).permute(0, 1, 3, 4, 5, 2).to(torch.uint8).numpy()
@@ -97,7 +97,8 @@ def test_i3d_r50_features_of_a_snippet_equal_its_pooled_forward_features_cut_by_
     torch.manual_seed(0)
     model = zoo.create_model('i3d_r50')
     path = real_clips['arm_wrestling.mp4']
-    feats, info = extract(model, path, preset='i3d-r50-10crop', resize='170x128', crop_size=112, stride=128)
+    feats, info = extract(model, path, preset='i3d-r50-10crop', resize='170x128', crop_size=112, stride=128,
+                          jpeg_roundtrip=False)
     assert feats.shape == (3, 10, 2048) and feats.dtype == np.float32                   # floor((280-16)/128)+1
     assert info['snippets']['first_frame'] == [0, 128, 256] and info['snippets']['last_frame'] == [15, 143, 271]
 
@@ -140,7 +141,8 @@ def test_inception_preset_with_deepminds_weights_matches_the_hand_cut_window_and
 def test_a_stage_layer_is_the_global_mean_of_that_stage(real_clips):
     torch.manual_seed(0)
     model = zoo.create_model('i3d_r50')
-    feats, info = extract(model, real_clips['cleaning_pool.mp4'], preset='i3d-r50-10crop', resize='128x96',
+    feats, info = extract(model, real_clips['cleaning_pool.mp4'], preset='i3d-r50-10crop', jpeg_roundtrip=False,
+                          resize='128x96',
                           crop_size=96, crops=1, stride=256, layer='res3')
     assert feats.shape == (2, 512) and info['layer']['module'] == 'layer2'               # res3 = layer2 (512 ch)
     frames = decode_by_hand(real_clips['cleaning_pool.mp4'])[256:272]
@@ -190,7 +192,7 @@ def test_padded_and_looped_snippets_equal_the_model_on_the_hand_padded_clip(clip
     frames = np.asarray(open_source(clips[33]).read(range(33), None).frames)
     cases = {'pad': np.concatenate([frames[32:33]] * 16), 'loop': np.concatenate([frames[32:33], frames[:15]])}
     for tail, snippet in cases.items():
-        feats, _ = extract(model, clips[33], preset='i3d-r50-10crop', tail=tail, **SMALL)
+        feats, _ = extract(model, clips[33], preset='i3d-r50-10crop', tail=tail, jpeg_roundtrip=False, **SMALL)
         x = clip_input(snippet, 8, 16, mirrored=True)[None]          # crop 9: mirrored bottom-right (40x48 frame)
         with torch.no_grad():
             expected = model.forward_head(model.forward_features(x), pre_logits=True)[0].numpy()

@@ -21,6 +21,7 @@ give the same pixels as decoding with PIL and resizing with ``resize_short_side`
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -160,6 +161,23 @@ def _decode_pil(file: str, scale: int, draft: bool) -> Tuple[Tuple[int, int], np
         image.load()  # PIL is lazy: force the decode here so a corrupt file fails here
         # The target comes from the stored size: a drafted image is rounded up, its aspect may be off by one.
         return size, _to_rgb_array(image, h, w)
+
+
+def decode_jpeg_bytes(data: bytes, scale: Optional[int], name: str) -> Tuple[Tuple[int, int], np.ndarray]:
+    """(source size, RGB frame) of one JPEG file's bytes, decoded as a frame folder's JPEG is (EXACT options:
+    simplejpeg, PIL where it must; no draft), short side resized to ``scale``."""
+    sj = _simplejpeg()
+    if sj is not None:
+        try:
+            got = _decode_jpeg_simplejpeg(sj, data, scale, False, None)
+            if got is not None:
+                return got
+        except ValueError:
+            pass  # simplejpeg is stricter than PIL (warnings are errors): PIL decides
+    try:
+        return _decode_pil(io.BytesIO(data), scale, False)
+    except _PIL_ERRORS as e:
+        raise VideoDecodeError(f'unreadable {name}: {e}') from e
 
 
 class FrameFolder:
@@ -433,6 +451,9 @@ def iter_frames(source: Source, scale: Optional[int] = None) -> Iterator[Tuple[i
     if isinstance(source, FrameFolder):
         for i in range(source.num_frames):
             yield i, source.read([i], scale).frames[0]
+        return
+    if hasattr(source, 'iter_frames'):          # a source that streams itself (eval.data.jpeg_roundtrip)
+        yield from source.iter_frames(scale)
         return
     import av
     step = source._resampling()

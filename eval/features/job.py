@@ -99,10 +99,15 @@ def model_description(name: str, model: torch.nn.Module, weights: dict, layer: s
 def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_path: bool = True,
                  compile: bool = False) -> dict:
     """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash."""
-    return {'format_version': FORMAT_VERSION, 'model': model_info['name'],
-            'state_dict_sha256': model_info['state_dict_sha256'], 'layer_module': model_info['layer_module'],
-            'settings': settings.identity(), 'array_format': fmt,
-            'network': {'fast_path': fast_path, 'compile': compile, 'precision': PRECISION}}
+    identity = {'format_version': FORMAT_VERSION, 'model': model_info['name'],
+                'state_dict_sha256': model_info['state_dict_sha256'], 'layer_module': model_info['layer_module'],
+                'settings': settings.identity(), 'array_format': fmt,
+                'network': {'fast_path': fast_path, 'compile': compile, 'precision': PRECISION}}
+    if settings.jpeg_roundtrip:
+        from eval.data.jpeg_roundtrip import ffmpeg_identity, require_ffmpeg
+        ffmpeg = ffmpeg_identity(require_ffmpeg())
+        identity['ffmpeg'] = {'version': ffmpeg['version'], 'sha256': ffmpeg['sha256'], 'command': ffmpeg['command']}
+    return identity
 
 
 def snippets_per_forward(settings: FeatureSettings, batch_size: Optional[int], device: torch.device) -> int:
@@ -170,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument('--layer', help='pre_logits (default), res2..res5 / layer1..4, Mixed_*: globally pooled')
     k.add_argument('--naming', choices=('name', 'stem', 'stem_rgb'), help='output file name rule')
     k.add_argument('--layout', choices=('snippets-first', 'channels-first'), help='array axis order')
+    k.add_argument('--jpeg-roundtrip', action=argparse.BooleanOptionalAction, default=None,
+                   help='read video files as ffmpeg -i VIDEO -start_number 0 %%d.jpg then the JPEGs, as the public '
+                        '10-crop tool does (default: on in i3d-r50-10crop, off elsewhere; the pinned ffmpeg of '
+                        'imageio-ffmpeg, or $ZOO_FFMPEG)')
     p.add_argument('--format', choices=ARRAY_FORMATS, default='npy', help='npy (default) or npz (key "features")')
     p.add_argument('--hdf5', action='store_true',
                    help=f'also write the whole run as one HDF5 file, <out>/{HDF5} (needs h5py), assembled from the '
@@ -224,6 +233,12 @@ def resolve_flags(args: FeatureConfig, command: str) -> FeatureConfig:
         raise RunError(str(e)) from e
     if not 0 <= args.max_failed <= 1:
         raise RunError(f'--max-failed is a fraction between 0 and 1, got {args.max_failed}')
+    if settings.jpeg_roundtrip:
+        from eval.data.jpeg_roundtrip import require_ffmpeg
+        try:
+            require_ffmpeg()
+        except ValueError as e:
+            raise RunError(str(e)) from e
     if args.hdf5 and not hdf5_available():
         raise RunError('--hdf5 needs h5py, which is not installed: pip install h5py (or this project\'s "hdf5" extra)')
     return FeatureConfig(

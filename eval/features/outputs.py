@@ -162,7 +162,10 @@ def describe_preprocessing(settings: FeatureSettings) -> dict:
             'resize': settings.resize_rule.describe(),
             'values': ('model pretrained_cfg mean/std' if norm is None else
                        f'RGB, (x - {norm[0][0]}) / {norm[1][0]} on 0-255 pixels, float32'),
-            'zero_frames': 'zero in the network input (after scaling)'}
+            'zero_frames': 'zero in the network input (after scaling)',
+            'jpeg_roundtrip': ('video files read as ffmpeg -i VIDEO -start_number 0 %d.jpg then the JPEGs decoded '
+                               '(see the run identity for the ffmpeg)' if settings.jpeg_roundtrip else
+                               'none: video files decoded directly')}
 
 
 # ----------------------------------------------------------------------------------- finished videos

@@ -87,6 +87,7 @@ class FeatureSettings:
     lookahead: int = 0
     naming: str = 'stem'
     layout: str = 'snippets-first'
+    jpeg_roundtrip: bool = False         # video files read through ffmpeg's JPEGs (eval.data.jpeg_roundtrip)
     model: Optional[str] = None          # the model the preset was made for (a different one is allowed)
     sources: Tuple[str, ...] = field(default=(), compare=False)
 
@@ -104,6 +105,9 @@ class FeatureSettings:
         for name in ('snippet', 'stride', 'crop_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'--{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
+        if self.jpeg_roundtrip and self.fps is not None:
+            raise ValueError('--jpeg-roundtrip reads every frame as ffmpeg writes it, so --fps cannot apply; '
+                             'give --no-jpeg-roundtrip to resample the video')
         if self.fps is not None and resolve_fps(self.fps, None) != self.fps:
             raise ValueError(f'fps {self.fps}: a resolved rate is positive (None: native; see resolve_settings)')
         Resize.parse(self.resize)
@@ -124,10 +128,13 @@ PRESETS = {
     'i3d-r50-10crop': FeatureSettings(
         preset='i3d-r50-10crop', model='i3d_r50',
         snippet=16, stride=16, tail='drop', align='start', crops=10, crop_size=224,
-        resize='340x256:lanczos', norm='minus1-1', fps=None, layer=PRE_LOGITS, naming='name',
+        resize='340x256:lanczos', norm='minus1-1', fps=None, layer=PRE_LOGITS, naming='name', jpeg_roundtrip=True,
         sources=(
             'reference section 1: GowthamGottimukkala/I3D_Feature_Extraction_resnet on the seed I3D-R50, '
             'the features of RTFM / MGFN / UR-DMU',
+            'a video file is read as that tool reads it: ffmpeg -i VIDEO -start_number 0 DIR/%d.jpg (default, '
+            'lossy MJPEG settings), the JPEGs decoded back (here piped, the same bytes; --no-jpeg-roundtrip: '
+            'the video decoded directly)',
             'every frame at its native rate, resized to exactly 340x256 with PIL LANCZOS (aspect ignored)',
             'RGB scaled to [-1, 1] as x * 2 / 255 - 1',
             '10 crops of 224: TL, TR, C, BL, BR, then the same five on the mirrored frame',
@@ -164,7 +171,7 @@ PRESETS = {
 
 # flag name -> FeatureSettings field, for the CLI and for extract(**overrides)
 OVERRIDABLE = ('snippet', 'stride', 'tail', 'align', 'crops', 'crop_size', 'resize', 'norm', 'fps', 'layer',
-               'lookahead', 'naming', 'layout')
+               'lookahead', 'naming', 'layout', 'jpeg_roundtrip')
 
 
 def resolve_settings(preset: Optional[str] = None, **overrides) -> FeatureSettings:

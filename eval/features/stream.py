@@ -11,6 +11,7 @@ snippet of a chunk into one batch and runs one forward pass.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -157,11 +158,25 @@ def stream_video(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: i
     return n
 
 
+def open_feature_source(path: str, settings: FeatureSettings) -> Source:
+    """A video file through ffmpeg's JPEGs when the settings ask for the round trip (a frame folder is already
+    JPEGs); else eval.data.decode's source."""
+    if settings.jpeg_roundtrip and not os.path.isdir(path):
+        from eval.data.jpeg_roundtrip import JpegRoundTrip, require_ffmpeg
+        if not os.path.exists(path):
+            raise VideoDecodeError('file does not exist')
+        try:
+            return JpegRoundTrip(path, require_ffmpeg())
+        except ValueError as e:
+            raise VideoDecodeError(str(e)) from e
+    return open_source(path, fps=settings.fps)
+
+
 def stream_video_checked(job: VideoJob, settings: FeatureSettings, snippets_per_chunk: int,
                          attempt: int = 0) -> Iterator[SnippetChunk]:
     """``stream_video`` planned with the true frame count (eval.data.decode.FrameCount): when the container's
     estimate was off, the video is streamed again, as the next attempt, planned with the count decoded."""
-    source = open_source(job.path, fps=settings.fps)
+    source = open_feature_source(job.path, settings)
     count = FrameCount(source.num_frames)
     while True:
         decoded = yield from stream_video(job, settings, snippets_per_chunk, attempt, source, count.planned)
