@@ -144,3 +144,14 @@ def test_a_listed_video_one_folder_down_names_the_data_that_finds_it(tmp_path):
     assert records[0].missing.endswith(f'it is under {tmp_path}/my_videos: give --data {tmp_path}/my_videos')
     found, _ = read_ucf101(str(tmp_path / 'my_videos'), None, '1', labels)     # the split lists one folder up
     assert [r.path is not None for r in found] == [True, True]
+
+
+def test_kinetics_front_end_predicts_one_video_file(tricky, tmp_path, capsys):
+    """`python -m eval.kinetics --data clip.mp4` read the video as a list file (a UnicodeDecodeError); it is
+    one unlabelled video now: scored, its prediction written, no accuracy claimed."""
+    import eval.kinetics
+    args = ['--model', 'tiny_video_net', '--random-weights', '--views', '1x2', '--batch-size', '2', '--workers', '0',
+            '--no-progress', '--no-flops', '--data', str(tricky / 'a.mp4'), '--out', str(tmp_path / 'one')]
+    assert eval.kinetics.main(args) == 0
+    counts = json.load(open(tmp_path / 'one' / 'summary.json'))['counts']
+    assert counts['scored'] == 1 and 'predictions only' in capsys.readouterr().out
