@@ -155,3 +155,21 @@ def test_kinetics_front_end_predicts_one_video_file(tricky, tmp_path, capsys):
     assert eval.kinetics.main(args) == 0
     counts = json.load(open(tmp_path / 'one' / 'summary.json'))['counts']
     assert counts['scored'] == 1 and 'predictions only' in capsys.readouterr().out
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_a_traceback(tmp_path, monkeypatch):
+    """Root reads every folder, so the permission error is made by hand: os.scandir of 'locked' fails."""
+    import eval.data.records as records
+    clip(tmp_path / 'a.mp4')
+    (tmp_path / 'locked').mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path='.'):
+        if str(path).endswith('locked'):
+            raise PermissionError(13, 'Permission denied')
+        return real_scandir(path)
+
+    monkeypatch.setattr(records.os, 'scandir', scandir)
+    found, _ = find_videos(str(tmp_path))
+    assert [(r.video_id, r.path is not None) for r in found] == [('a', True), ('locked', False)]
+    assert 'cannot list folder' in found[1].missing and 'Permission denied' in found[1].missing

@@ -217,8 +217,13 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 
 def _is_frame_folder(path: str) -> bool:
-    """A folder whose first entries include image files (listed lazily: frame folders hold thousands)."""
-    with os.scandir(path) as entries:
+    """A folder whose first entries include image files (listed lazily: frame folders hold thousands). A folder
+    that cannot be listed is not one: a reader that searches it reports why it could not."""
+    try:
+        entries = os.scandir(path)
+    except OSError:
+        return False
+    with entries:
         for k, entry in enumerate(entries):
             if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
                 return True
