@@ -331,6 +331,8 @@ def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan:
                        if plan.failed else '') + f'{len(plan.todo)} to do')
     if weights['kind'] == 'random':
         console.say('note     RANDOM WEIGHTS: the features mean nothing; a pipeline check only')
+    elif weights.get('note'):
+        console.say(f'weights  {weights["note"]}')
     console.say(RULE, flush=True)
 
 
