@@ -247,3 +247,24 @@ def test_a_converted_zoo_file_loads_under_the_port_entry(tmp_path):
     again = zoo.create_model('i3d_inception.video_features', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     for k, v in net.state_dict().items():
         assert torch.equal(again.state_dict()[k], v)
+
+
+def test_the_features_job_loads_a_port_entry_from_weights_file(tmp_path):
+    """--model i3d_inception.video_features --weights-file i3d_rgb.pt: video_features' network from the user's
+    file; the record says the file could not be matched to a published hash (none is pinned)."""
+    import json
+    from eval.data.synthetic import write_synthetic_video
+    from eval.features.job import main
+    weights = tmp_path / 'i3d_rgb.pt'
+    torch.save(port_state_dict('hassony2'), weights)
+    video = tmp_path / 'v.mp4'
+    write_synthetic_video(str(video), num_frames=17, height=224, width=256, seed=3)
+    out = tmp_path / 'out'
+    code = main(['--model', 'i3d_inception.video_features', '--weights-file', str(weights), '--data', str(video),
+                 '--out', str(out), '--preset', 'i3d-inception', '--snippet', '16', '--stride', '16',
+                 '--workers', '0', '--no-progress'])
+    assert code == 0
+    sidecar = json.load(open(out / 'v_rgb.json'))
+    record = sidecar['model']['weights']
+    assert sidecar['model']['name'] == 'i3d_inception.video_features' and record['source'] == str(weights)
+    assert not record['published_checkpoint'] and 'no sha256 is pinned for i3d_inception.video_features' in record['note']
