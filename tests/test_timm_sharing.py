@@ -35,7 +35,11 @@ def assert_same_weights(a, b):
         assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.parametrize('name', zoo.list_models())
+# The zoo's own entries (other test modules register tiny models that timm's registry never sees).
+ZOO_ENTRIES = [n for n in zoo.list_models() if zoo._registry._model_to_module[n].startswith('zoo.')]
+
+
+@pytest.mark.parametrize('name', ZOO_ENTRIES)
 def test_every_entry_round_trips_through_a_local_dir_bit_for_bit(name, tmp_path):
     torch.manual_seed(3)
     model = zoo.create_model(name)
