@@ -58,6 +58,8 @@ class ModelCatalog:
     names: Sequence[str]                                          # the models whose weights are Caffe2 pickles
     target_state_dict: Callable[[str], Mapping[str, torch.Tensor]]  # name -> state dict (meta tensors will do)
     pretrained_cfg: Callable[[str], Any]   # name -> config (url, sha256, size); KeyError for an unknown name
+    # (name, state dict, folder) -> writes timm's save_for_hf folder of the model with these weights (--hf)
+    save_hf_folder: Optional[Callable[[str, Dict[str, torch.Tensor], str], None]] = None
 
     def targets(self) -> Dict[str, Mapping[str, torch.Tensor]]:
         return {name: self.target_state_dict(name) for name in self.names}
@@ -182,6 +184,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f'Note: {AMBIGUITY_NOTE}; use --model to say which.')
     parser.add_argument('input', nargs='?', help='Caffe2 checkpoint, e.g. i3d_baseline_32x2_IN_pretrain_400k.pkl')
     parser.add_argument('output', nargs='?', help='zoo state dict to write: OUT.pth or OUT.safetensors')
+    parser.add_argument('--hf', metavar='DIR',
+                        help="also (or, without OUT, only) write timm's sharing folder: config.json (timm's "
+                             "pretrained config with the zoo's video fields) and model.safetensors, loaded by "
+                             "timm.create_model('local-dir:DIR', pretrained=True) or uploaded to the Hugging Face Hub")
     parser.add_argument('--model', help='registered model to convert for (default: inferred from the blobs)')
     parser.add_argument('--quiet', action='store_true', help='do not print the blob -> key table')
     parser.add_argument('--download', metavar='NAME',
@@ -207,7 +213,9 @@ def _download(name: str, cache_dir: Optional[str], catalog: ModelCatalog) -> Non
 
 
 def _convert(args, catalog: ModelCatalog) -> None:
-    if Path(args.output).suffix not in ZOO_STATE_DICT_SUFFIXES:  # before spending a minute converting
+    if args.hf and catalog.save_hf_folder is None:
+        raise ValueError('--hf: this command line was given no way to write a timm folder')
+    if args.output and Path(args.output).suffix not in ZOO_STATE_DICT_SUFFIXES:  # before spending a minute converting
         raise ValueError(f'{args.output}: unknown output format {Path(args.output).suffix!r}; '
                          f'use .pth or .safetensors')
     if args.model is not None:
@@ -216,11 +224,15 @@ def _convert(args, catalog: ModelCatalog) -> None:
     if not args.quiet:
         print(converted.conversion.table())
     state_dict = converted.state_dict
-    out = save_state_dict(state_dict, args.output,
-                          metadata={'source': Path(args.input).name, 'model': converted.model_name})
     print(f'{args.input}: {converted.traits.describe()}')
-    print(f'wrote {out}: {len(converted.conversion.placed)} blobs -> {len(state_dict)} tensors '
-          f'({len(converted.conversion.filled)} num_batches_tracked set to 0)')
+    for out in [args.output] if args.output else []:
+        out = save_state_dict(state_dict, out, metadata={'source': Path(args.input).name, 'model': converted.model_name})
+        print(f'wrote {out}: {len(converted.conversion.placed)} blobs -> {len(state_dict)} tensors '
+              f'({len(converted.conversion.filled)} num_batches_tracked set to 0)')
+    if args.hf:
+        catalog.save_hf_folder(converted.model_name, state_dict, args.hf)
+        print(f"wrote {args.hf}/: config.json + model.safetensors ({converted.model_name}); load it with "
+              f"timm.create_model('local-dir:{args.hf}', pretrained=True)")
     others = [c for c in converted.candidates if c != converted.model_name]
     if args.model is None and others:
         print(f'the weights fit {" and ".join(converted.candidates)} (the state dict is the same for each); '
@@ -235,11 +247,11 @@ def main(argv: Optional[Sequence[str]], catalog: ModelCatalog) -> int:
     """The command line over ``catalog``'s models; returns the exit code (2 on any error, one line first)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    modes = [bool(args.input or args.output), bool(args.download), bool(args.sha256)]
+    modes = [bool(args.input or args.output or args.hf), bool(args.download), bool(args.sha256)]
     if sum(modes) != 1:
         parser.error('give IN.pkl OUT, or --download NAME, or --sha256 FILE (one of them)')
-    if modes[0] and not (args.input and args.output):
-        parser.error('converting needs both IN.pkl and OUT (.pth or .safetensors)')
+    if modes[0] and not (args.input and (args.output or args.hf)):
+        parser.error('converting needs IN.pkl and OUT (.pth or .safetensors), or IN.pkl and --hf DIR')
     from .download import DownloadError
     try:
         if args.sha256:

@@ -67,10 +67,36 @@ def test_the_precision_table_names_and_dtypes_agree_with_the_zoo_fast_path():
 def test_every_job_offers_the_tables_precisions_on_its_command_line():
     assert choices(scoring_parser('eval', ''), '--precision') == PRECISION_NAMES
     assert choices(finetune_job.build_parser(), '--precision') == PRECISION_NAMES
-    assert features_job.PRECISION in PRECISION_TABLE           # features have no flag: float32
-    assert features_job.run_identity({'name': 'm', 'state_dict_sha256': 'x', 'layer_module': None},
-                                     features_job.resolve_settings('i3d-r50-10crop'), 'npy')['network'][
-        'precision'] == features_job.PRECISION
+    assert choices(features_job.build_parser(), '--precision') == PRECISION_NAMES
+
+
+def test_every_job_has_the_tf32_flag():
+    for parser in (scoring_parser('eval', ''), finetune_job.build_parser(), features_job.build_parser()):
+        assert any('--tf32' in a.option_strings for a in parser._actions)
+
+
+@pytest.mark.parametrize('name,flag,expected', [('fp32', False, False), ('fp32', True, True), ('bf16', False, True),
+                                                ('fp16', False, True)])
+def test_tf32_on_cuda_is_off_for_fp32_unless_asked(name, flag, expected):
+    assert resolve_precision(name, 'cuda', tf32=flag).tf32 is expected
+    assert resolve_precision(name, 'cpu', tf32=flag).tf32 is None          # no such switch on the CPU
+
+
+def test_the_tf32_flag_reaches_the_backend_switches():
+    cuda = torch.device('cuda', 0)
+    with backend_switches(tf32=False, benchmark=False):
+        with job_backend(cuda, resolve_precision('fp32', cuda, tf32=True)):
+            assert switches()[:2] == (True, True)
+        assert switches()[:2] == (False, False)
+
+
+def test_features_record_the_precision_and_on_cuda_the_tf32_setting():
+    info = {'name': 'm', 'state_dict_sha256': 'x', 'layer_module': None}
+    settings = features_job.resolve_settings('i3d-r50-10crop')
+    on_cpu = features_job.run_identity(info, settings, 'npy', precision=resolve_precision('bf16', 'cpu'))['network']
+    assert on_cpu == {'fast_path': True, 'compile': False, 'precision': 'bf16'}
+    on_cuda = features_job.run_identity(info, settings, 'npy', precision=resolve_precision('fp32', 'cuda'))['network']
+    assert on_cuda['precision'] == 'fp32' and on_cuda['tf32'] is False
 
 
 def test_an_unknown_precision_is_refused_naming_the_flag_and_the_choices():

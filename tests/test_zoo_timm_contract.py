@@ -83,6 +83,9 @@ def test_overlay_takes_timm_keys_in_timm_units():
     assert (cfg.num_frames, cfg.crop_size, cfg.mean) == (16, 112, (127.5,) * 3)
     assert cfg['input_size'] == (3, 16, 112, 112) and cfg['mean'] == (0.5,) * 3
     with pytest.raises(ValueError, match='unknown pretrained-config field'):
+        zoo.create_model('i3d_r50', device='meta', pretrained_cfg_overlay=dict(no_such_key='x'))
+    # a timm key the record fixes (timm's save_for_hf writes it) is accepted only with the record's value
+    with pytest.raises(ValueError, match="hf_hub_filename='x': these video models have hf_hub_filename=None"):
         zoo.create_model('i3d_r50', device='meta', pretrained_cfg_overlay=dict(hf_hub_filename='x'))
 
 

@@ -6,7 +6,7 @@
 from ._builder import (build_model_with_cfg, create_model, load_state_dict_file, load_weights, read_checkpoint_file,
                        save_checkpoint_file)
 from ._pretrained import CAFFE2_NORM, MINUS1_1_NORM, VideoPretrainedCfg, kinetics400_class_names
-from ._registry import (get_pretrained_cfg, is_model, list_models, list_modules, model_entrypoint,
+from ._registry import (get_pretrained_cfg, is_model, list_models, list_modules, list_pretrained_tags, model_entrypoint,
                         register_model)
 from .inflate import inflate_conv_weight, inflate_state_dict, InflationReport
 from .heap import keep_freed_memory

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from converters.caffe2 import ZOO_STATE_DICT_SUFFIXES
+from converters.pytorch_i3d import PORT_SOURCE_FORMATS
 
 from ._pretrained import VideoPretrainedCfg
 from ._registry import model_entrypoint, resolve_pretrained_cfg, split_model_name_tag
@@ -22,7 +23,9 @@ _logger = logging.getLogger(__name__)
 # was trained as (the config's class count, 3 input channels).
 PretrainedLoader = Callable[..., Dict[str, torch.Tensor]]
 
-# A pretrained ``file`` with a zoo state-dict suffix is loaded as is, whatever the entry's source format.
+# A pretrained ``file`` with a zoo state-dict suffix is loaded as is, except for source formats whose own files
+# are PyTorch state dicts (.pt/.pth of another layout): their loader reads them (and takes a zoo state dict too).
+LOADER_READS_TORCH_FILES = frozenset(PORT_SOURCE_FORMATS)
 
 
 # Fields of a model's pretrained config that a fine-tuned checkpoint may carry with its weights (its classes,
@@ -143,14 +146,31 @@ def _checkpoint_target(model_cls: Callable[..., nn.Module], cfg: VideoPretrained
         return model_cls(num_classes=cfg.num_classes, **arch_kwargs).state_dict()
 
 
+def load_shared_state_dict(cfg: VideoPretrainedCfg) -> Dict[str, torch.Tensor]:
+    """The zoo state dict of a timm sharing source: a ``save_for_hf`` folder (``local-dir:``, ``cfg.file`` is the
+    folder) or a Hugging Face Hub repository (``hf-hub:``, ``cfg.hf_hub_id``), read by timm's own functions."""
+    from timm.models._hub import load_state_dict_from_hf, load_state_dict_from_path
+    if cfg.source == 'local-dir':
+        return load_state_dict_from_path(os.path.expanduser(cfg.file))
+    return load_state_dict_from_hf(cfg.hf_hub_id)
+
+
 def load_pretrained(model: nn.Module, model_cls: Callable[..., nn.Module], model_name: str,
                     cfg: VideoPretrainedCfg, loader: Optional[PretrainedLoader], kwargs: Dict[str, Any],
                     cache_dir: Optional[str] = None) -> None:
-    """Load the weights a config names into ``model``: a zoo state-dict ``file`` directly, anything else
-    through the family's loader; the first conv is adapted when the model's input channels are not RGB."""
-    if not cfg.has_weights:
+    """Load the weights a config names into ``model``: a timm sharing source (local-dir / hf-hub) or a zoo
+    state-dict ``file`` directly, anything else through the family's loader (a source format whose files are
+    themselves PyTorch state dicts, ``LOADER_READS_TORCH_FILES``, always through its loader); the first conv is
+    adapted when the model's input channels are not RGB."""
+    shared = cfg.source in ('local-dir', 'hf-hub')
+    local_only = cfg.source_format in LOADER_READS_TORCH_FILES   # its loader says where to get the file
+    if not (cfg.has_weights or local_only or shared):
         raise RuntimeError(f'{model_name}: no pretrained weights are registered for this entry')
-    if cfg.file and str(cfg.file).endswith(ZOO_STATE_DICT_SUFFIXES):
+    zoo_file = cfg.file and str(cfg.file).endswith(ZOO_STATE_DICT_SUFFIXES) \
+        and cfg.source_format not in LOADER_READS_TORCH_FILES
+    if shared:
+        state_dict = load_shared_state_dict(cfg)
+    elif zoo_file:
         state_dict = load_state_dict_file(os.path.expanduser(cfg.file))
     elif loader is None:
         raise RuntimeError(f'{model_name}: no loader for source format {cfg.source_format!r}')
@@ -194,6 +214,8 @@ def build_model_with_cfg(model_cls: Callable[..., nn.Module], model_name: str, p
     (``feature_cls``: 'list' (default), 'getter', 'dict', 'hook', 'fx'), returning ``out_indices`` maps.
     """
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
+    kwargs.pop('pretrained_model_args', None)    # timm's record of a saved folder's arguments, already in kwargs
+    kwargs = {**dict(cfg.arch_args), **kwargs}   # what the weights need (e.g. a port's BN epsilon)
     checkpoint, checkpoint_cfg = read_checkpoint_file(checkpoint_path) if checkpoint_path else (None, {})
     if num_classes is None:  # a checkpoint's own head decides, else the config's
         num_classes = (checkpoint is not None and classifier_size(checkpoint, cfg)) or cfg.num_classes

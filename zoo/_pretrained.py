@@ -47,7 +47,11 @@ class VideoPretrainedCfg(Mapping):
     file: Optional[str] = None               # a local source file that replaces the download
     sha256: Optional[str] = None             # pinned checksum of the source file, once maintainers know it
     size: Optional[int] = None               # size of the source file in bytes, where known
-    source_format: Optional[str] = None      # 'caffe2_pickle', 'deepmind_i3d_pickle', ...
+    source_format: Optional[str] = None      # 'caffe2_pickle', 'deepmind_i3d_pickle', 'pytorch_i3d_piergiaj', ...
+    # timm's sharing sources: 'local-dir' (``file`` is the save_for_hf folder) or 'hf-hub' (``hf_hub_id``); the
+    # folder holds the zoo's own state dict, loaded as is whatever ``source_format`` says of the original file
+    source: Optional[str] = None
+    hf_hub_id: Optional[str] = None
     license: Optional[str] = None
     paper: Optional[str] = None
     paper_url: Optional[str] = None
@@ -76,6 +80,8 @@ class VideoPretrainedCfg(Mapping):
     classifier: str = 'fc'
     first_conv: str = 'conv1'
     pool_size: Optional[Tuple[int, int, int]] = None   # (T', H', W') of forward_features at input_size
+    # --- architecture arguments these weights need, as ((name, value), ...): e.g. the BN epsilon of a port
+    arch_args: Tuple[Tuple[str, Any], ...] = ()
     # --- reported accuracy of the source checkpoint
     top1: Optional[float] = None
     top5: Optional[float] = None
@@ -107,7 +113,7 @@ class VideoPretrainedCfg(Mapping):
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f'unknown pretrained-config field(s) {unknown}; valid fields: {sorted(known)}')
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **{k: _as_field_value(k, v) for k, v in changes.items()})
 
     def overlay(self, overlay: Optional[Mapping[str, Any]] = None) -> 'VideoPretrainedCfg':
         """``pretrained_cfg_overlay`` of create_model: timm's keys in timm's meaning (``mean`` on 0-1,
@@ -129,6 +135,21 @@ class VideoPretrainedCfg(Mapping):
         return len(self._timm)
 
 
+_TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(VideoPretrainedCfg) if 'Tuple' in str(f.type))
+
+
+def _tupled(value: Any) -> Any:
+    """Lists (JSON's arrays) as tuples, at every depth."""
+    return tuple(_tupled(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_field_value(name: str, value: Any) -> Any:
+    """A value as the field holds it: JSON (timm's config.json) gives lists where the record keeps tuples."""
+    if name == 'arch_args' and isinstance(value, Mapping):
+        value = tuple(value.items())
+    return _tupled(value) if name in _TUPLE_FIELDS else value
+
+
 def _unit(cfg: VideoPretrainedCfg) -> Tuple[float, float]:
     low, high = cfg.value_range
     return low, high - low
@@ -139,7 +160,8 @@ def timm_fields(cfg: VideoPretrainedCfg) -> Dict[str, Any]:
     low, scale = _unit(cfg)
     frames = cfg.num_frames
     return dict(
-        url=cfg.url, file=cfg.file, state_dict=None, hf_hub_id='', hf_hub_filename=None, source=None,
+        url=cfg.url, file=cfg.file, state_dict=None, hf_hub_id=cfg.hf_hub_id or '', hf_hub_filename=None,
+        source=cfg.source,
         architecture=cfg.architecture, tag=cfg.tag, custom_load=False,
         input_size=cfg.input_size, test_input_size=(3, frames, cfg.test_crop_size, cfg.test_crop_size),
         min_input_size=cfg.min_input_size, fixed_input_size=False, interpolation=cfg.interpolation,
@@ -158,28 +180,49 @@ def timm_fields(cfg: VideoPretrainedCfg) -> Dict[str, Any]:
 # timm keys whose meaning differs from (or is spelt differently in) our fields, accepted in an overlay.
 TIMM_OVERLAY_KEYS = ('mean', 'std', 'input_size', 'test_input_size', 'min_input_size', 'label_names', 'crop_pct',
                      'test_crop_pct')
+# timm keys that are another name of one of our fields (timm_fields writes them from it).
+TIMM_RENAMED = {'description': 'source_name', 'paper_name': 'paper', 'origin_url': 'paper_url',
+                'paper_ids': 'paper_url'}
+# timm keys whose value is fixed by our record (timm_fields): a config timm wrote (save_for_hf's config.json)
+# carries them; accepted when they say what the record says, an error when they ask for something else.
+TIMM_DERIVED = ('crop_mode', 'custom_load', 'fixed_input_size', 'state_dict', 'hf_hub_filename', 'label_offset',
+                'label_descriptions', 'test_pool_size')
 
 
 def from_timm_fields(cfg: VideoPretrainedCfg, changes: Mapping[str, Any]) -> Dict[str, Any]:
     """The inverse of ``timm_fields`` for an overlay: timm keys -> our fields (ours pass through)."""
     low, scale = _unit(cfg)
     ours = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(k for k in changes if k not in ours and k not in TIMM_OVERLAY_KEYS)
+    timm_keys = set(TIMM_OVERLAY_KEYS) | set(TIMM_RENAMED) | set(TIMM_DERIVED)
+    unknown = sorted(k for k in changes if k not in ours and k not in timm_keys)
     if unknown:
-        raise ValueError(f'unknown pretrained-config field(s) {unknown}; timm keys: {list(TIMM_OVERLAY_KEYS)}; '
+        raise ValueError(f'unknown pretrained-config field(s) {unknown}; timm keys: {sorted(timm_keys)}; '
                          f'our fields: {sorted(ours)}')
+    derived = timm_fields(cfg)
     out: Dict[str, Any] = {}
     for key, value in changes.items():
-        if key in ('mean', 'std'):
+        if key in TIMM_DERIVED:
+            if _tupled(value) != derived[key] and not (key == 'label_descriptions' and not value):
+                raise ValueError(f'pretrained-config {key}={value!r}: these video models have {key}='
+                                 f'{derived[key]!r} (timm\'s key, fixed by the zoo\'s record)')
+        elif key in TIMM_RENAMED:
+            out.setdefault(TIMM_RENAMED[key], value)
+        elif key == 'notes' and isinstance(value, (list, tuple)):
+            out['notes'] = ' '.join(str(v) for v in value) or None
+        elif key in ('mean', 'std'):
             values = tuple(float(v) for v in value)
             out[key] = tuple(low + v * scale for v in values) if key == 'mean' else tuple(v * scale for v in values)
+        elif key == 'pool_size' and value is None and _image_shape(changes):
+            continue  # timm's export nulls it with an image input_size; the record keeps ours (next line)
         elif key in ('input_size', 'test_input_size', 'min_input_size'):
-            channels, frames, height, width = value
+            # timm's save_for_hf writes an image shape (C, H, W): the frames are in our num_frames / min_frames
+            channels, frames, height, width = value if len(value) == 4 else (value[0], None, *value[1:])
             if channels != 3 or height != width:
                 raise ValueError(f'{key} {tuple(value)}: expected (3, T, S, S) for these RGB video models')
-            out.update({'input_size': dict(num_frames=frames, crop_size=height),
-                        'test_input_size': dict(test_crop_size=height),
-                        'min_input_size': dict(min_frames=frames, min_crop_size=height)}[key])
+            fields = {'input_size': dict(num_frames=frames, crop_size=height),
+                      'test_input_size': dict(test_crop_size=height),
+                      'min_input_size': dict(min_frames=frames, min_crop_size=height)}[key]
+            out.update({k: v for k, v in fields.items() if v is not None})
         elif key == 'label_names':
             out['class_names'] = tuple(value or ())
         elif key == 'crop_pct':
@@ -189,6 +232,12 @@ def from_timm_fields(cfg: VideoPretrainedCfg, changes: Mapping[str, Any]) -> Dic
         else:
             out[key] = value
     return out
+
+
+def _image_shape(changes: Mapping[str, Any]) -> bool:
+    """Whether an overlay's input_size is timm's image shape (C, H, W), as its save_for_hf writes it."""
+    size = changes.get('input_size')
+    return size is not None and len(size) == 3
 
 
 def to_timm_pretrained_cfg(cfg: VideoPretrainedCfg):

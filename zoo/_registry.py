@@ -11,27 +11,32 @@ from ._pretrained import VideoPretrainedCfg
 
 _model_entrypoints: Dict[str, Callable] = {}
 _model_to_module: Dict[str, str] = {}
-_pretrained_cfgs: Dict[str, VideoPretrainedCfg] = {}
+_pretrained_cfgs: Dict[str, VideoPretrainedCfg] = {}          # architecture -> its default (first) weights
+_pretrained_tags: Dict[str, Dict[str, VideoPretrainedCfg]] = {}   # architecture -> tag -> config, default first
 
 
 def register_model(fn: Callable) -> Callable:
     """Decorator: register ``fn`` under its own name.
 
-    The config comes from the ``default_cfgs`` dict of the function's module, as in timm, so an entry is
-    a three-line function that only fills arguments.
+    The configs come from the ``default_cfgs`` dict of the function's module, as in timm, so an entry is
+    a three-line function that only fills arguments: ``default_cfgs[name]`` or ``default_cfgs['name.tag']``
+    (several weights of one architecture; the first listed is the default).
     """
     name = fn.__name__
     if name in _model_entrypoints:
         raise ValueError(f'model {name!r} is registered twice')
     module = sys.modules[fn.__module__]
-    cfg = getattr(module, 'default_cfgs', {}).get(name)
-    if cfg is None:
-        cfg = VideoPretrainedCfg(architecture=name)
-    elif not cfg.architecture:
-        cfg = cfg.replace(architecture=name)
+    found = [cfg for key, cfg in getattr(module, 'default_cfgs', {}).items() if split_model_name_tag(key)[0] == name]
+    tags: Dict[str, VideoPretrainedCfg] = {}
+    for cfg in found or [VideoPretrainedCfg(architecture=name)]:
+        cfg = cfg if cfg.architecture else cfg.replace(architecture=name)
+        if (cfg.tag or '') in tags:
+            raise ValueError(f'{name}: pretrained tag {cfg.tag!r} is registered twice')
+        tags[cfg.tag or ''] = cfg
     _model_entrypoints[name] = fn
     _model_to_module[name] = fn.__module__
-    _pretrained_cfgs[name] = cfg
+    _pretrained_tags[name] = tags
+    _pretrained_cfgs[name] = next(iter(tags.values()))
     return fn
 
 
@@ -62,10 +67,21 @@ def get_pretrained_cfg(name: str) -> VideoPretrainedCfg:
     architecture, tag = split_model_name_tag(name)
     if architecture not in _pretrained_cfgs:
         raise _unknown_model_error(architecture)
-    cfg = _pretrained_cfgs[architecture]
-    if tag and tag != cfg.tag:
-        raise KeyError(f'{architecture} has no pretrained tag {tag!r}; its weights are {architecture}.{cfg.tag}')
-    return cfg
+    if not tag:
+        return _pretrained_cfgs[architecture]
+    tags = _pretrained_tags[architecture]
+    if tag not in tags:
+        known = ', '.join(f'{architecture}.{t}' for t in tags if t)
+        raise KeyError(f'{architecture} has no pretrained tag {tag!r}; its weights are {known}')
+    return tags[tag]
+
+
+def list_pretrained_tags(name: str) -> List[str]:
+    """Every ``architecture.tag`` of an architecture's weights, the default first."""
+    architecture, _ = split_model_name_tag(name)
+    if architecture not in _pretrained_tags:
+        raise _unknown_model_error(architecture)
+    return [f'{architecture}.{t}' if t else architecture for t in _pretrained_tags[architecture]]
 
 
 def list_models(filter: Union[str, Iterable[str]] = '', pretrained: bool = False,
@@ -100,7 +116,10 @@ def resolve_pretrained_cfg(name: str, pretrained_cfg: Any = None,
     elif isinstance(pretrained_cfg, VideoPretrainedCfg):
         cfg = pretrained_cfg
     elif isinstance(pretrained_cfg, Mapping):
-        cfg = get_pretrained_cfg(name).overlay(pretrained_cfg)
+        # timm's config.json drops null fields: they come from the registered weights the dict names by its tag
+        tag = pretrained_cfg.get('tag')
+        base = f'{name}.{tag}' if tag and tag in _pretrained_tags.get(name, {}) else name
+        cfg = get_pretrained_cfg(base).overlay(pretrained_cfg)
     else:
         raise TypeError(f'{name}: pretrained_cfg must be a tag, a dict or a VideoPretrainedCfg, '
                         f'got {type(pretrained_cfg).__name__}')

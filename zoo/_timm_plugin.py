@@ -6,7 +6,7 @@ import sys
 from collections import deque
 
 from ._pretrained import to_timm_pretrained_cfg
-from ._registry import _model_entrypoints, _pretrained_cfgs
+from ._registry import _model_entrypoints, _pretrained_tags
 
 # timm's register_model reads the pretrained configs of an entry from its module's ``default_cfgs``: here,
 # timm's own records derived from ours (zoo._pretrained.timm_fields), filled in by register_with_timm.
@@ -36,9 +36,8 @@ def register_with_timm() -> list:
             if getattr(timm_registry._model_entrypoints[name], '__module__', None) == __name__:
                 continue
             raise RuntimeError(f'timm already has a model named {name!r}; the zoo entry would shadow it')
-        cfg = _pretrained_cfgs[name]
-        tag = cfg.tag or ''
-        default_cfgs[name] = DefaultCfg(tags=deque([tag]), cfgs={tag: to_timm_pretrained_cfg(cfg)})
+        tags = _pretrained_tags[name]
+        default_cfgs[name] = DefaultCfg(tags=deque(tags), cfgs={t: to_timm_pretrained_cfg(c) for t, c in tags.items()})
         fn = _timm_entry(name)
         setattr(module, name, fn)
         timm_registry.register_model(fn)

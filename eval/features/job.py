@@ -3,6 +3,7 @@
     python -m eval.features --model i3d_r50 --data /data/ucf_crime/videos --preset i3d-r50-10crop --out feats/
     python -m eval.features --model i3d_inception --data list.txt --preset i3d-inception --out feats/
     python -m eval.features --model i3d_r50 --data videos/ --snippet 32 --stride 8 --crops 3 --out feats/
+    python -m eval.features --model i3d_inception --data videos/ --preset i3d-inception --precision bf16 --out feats/
     torchrun --nproc_per_node 8 -m eval.features ...       # the same files as one process; resumable
 
 From Python: ``feats, info = extract(model, 'clip.mp4', preset='i3d-r50-10crop')``.
@@ -26,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from eval.kit.flags import add_execution_flags, add_model_flags
+from eval.kit.flags import add_execution_flags, add_model_flags, add_precision_flags
 from eval.kit.config import clip_size_problem, default_batch_size, default_workers
 from eval.kit.console import RULE, Console, progress_bar, rank_label
 from eval.data.decode import FPS_HELP
@@ -44,9 +45,7 @@ from eval.features.presets import OVERRIDABLE, PRESETS, FeatureSettings, output_
 from eval.features.stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
                              normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import job_backend, pin_memory, resolve_device, resolve_precision
-
-PRECISION = 'fp32'          # the job has no --precision: features are float32 (the fast path, exact)
+from eval.kit.runtime import RunPrecision, job_backend, pin_memory, resolve_device, resolve_precision
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -97,12 +96,16 @@ def model_description(name: str, model: torch.nn.Module, weights: dict, layer: s
 
 
 def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_path: bool = True,
-                 compile: bool = False) -> dict:
-    """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash."""
+                 compile: bool = False, precision: Optional[RunPrecision] = None) -> dict:
+    """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash. The
+    precision, and on CUDA whether float32 used TF32 (off CPU there is no such switch: no key); with the JPEG
+    round trip, the ffmpeg that made the JPEGs (version, sha256)."""
+    network = {'fast_path': fast_path, 'compile': compile, 'precision': precision.name if precision else 'fp32'}
+    if precision is not None and precision.tf32 is not None:
+        network['tf32'] = precision.tf32
     identity = {'format_version': FORMAT_VERSION, 'model': model_info['name'],
                 'state_dict_sha256': model_info['state_dict_sha256'], 'layer_module': model_info['layer_module'],
-                'settings': settings.identity(), 'array_format': fmt,
-                'network': {'fast_path': fast_path, 'compile': compile, 'precision': PRECISION}}
+                'settings': settings.identity(), 'array_format': fmt, 'network': network}
     if settings.jpeg_roundtrip:
         from eval.data.jpeg_roundtrip import ffmpeg_identity, require_ffmpeg
         ffmpeg = ffmpeg_identity(require_ffmpeg())
@@ -120,8 +123,10 @@ def snippets_per_forward(settings: FeatureSettings, batch_size: Optional[int], d
 
 def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r50-10crop', *,
             device: Optional[Union[str, torch.device]] = None, batch_size: Optional[int] = None,
-            fast_path: bool = True, compile: bool = False, **overrides) -> Tuple[np.ndarray, dict]:
+            fast_path: bool = True, compile: bool = False, precision: str = 'fp32', tf32: bool = False,
+            **overrides) -> Tuple[np.ndarray, dict]:
     """Features of one video (file or frame folder) and their description (the sidecar the CLI writes).
+    ``precision``/``tf32``: as --precision / --tf32.
 
     ``model``: a zoo model, or a zoo name (its pretrained weights are loaded). ``overrides``: any of
     snippet, stride, tail, align, crops, crop_size, resize, norm, fps, layer, lookahead, naming, layout.
@@ -135,17 +140,18 @@ def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r5
         name = getattr(getattr(model, 'pretrained_cfg', None), 'architecture', None) or type(model).__name__
         weights = {'kind': 'given', 'source': None}
     device = resolve_device(device)
+    run_precision = resolve_precision(precision, device, tf32=tf32)
     info = model_description(name, model, weights, settings.layer)
-    net = prepare_feature_model(model, settings.layer, device, fast_path, compile)
+    net = prepare_feature_model(model, settings.layer, device, fast_path, compile, run_precision)
     pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
     accumulator, video = FeatureAccumulator(), None
-    with job_backend(device, resolve_precision(PRECISION, device)):
+    with job_backend(device, run_precision):
         for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
             video = accumulator.add(chunk, run_chunk(net, chunk, settings, pixels, device)) or video
     array = arrange(video.features, settings)
     sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
-                            run_identity(info, settings, 'npy', fast_path, compile), info)
+                            run_identity(info, settings, 'npy', fast_path, compile, run_precision), info)
     return array, sidecar
 
 
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, help='clips per forward pass, rounded down to whole snippets of '
                                                   'all crops, at least one snippet (default: one snippet)')
     p.add_argument('--threads', type=int, help='torch CPU threads per rank')
+    add_precision_flags(p, 'fp32 (default, exact), or bf16 / fp16: the network in that precision, the pooling in '
+                           'float32 (faster; bf16 features within 2e-2 relative of fp32 on real clips: docs/features.md)')
     add_execution_flags(p)
     return p
 
@@ -223,6 +231,8 @@ class FeatureConfig:
     retry_failed: bool
     no_progress: bool
     command: str
+    precision: str = 'fp32'
+    tf32: bool = False
 
 
 def resolve_flags(args: FeatureConfig, command: str) -> FeatureConfig:
@@ -246,7 +256,8 @@ def resolve_flags(args: FeatureConfig, command: str) -> FeatureConfig:
         random_weights=args.random_weights, checkpoint=args.checkpoint, weights_file=args.weights_file,
         seed=args.seed, format=args.format, hdf5=args.hdf5, batch_size=args.batch_size, threads=args.threads,
         workers=args.workers, device=args.device, no_fast_path=args.no_fast_path, compile=args.compile,
-        max_failed=args.max_failed, retry_failed=args.retry_failed, no_progress=args.no_progress, command=command)
+        max_failed=args.max_failed, retry_failed=args.retry_failed, no_progress=args.no_progress, command=command,
+        precision=args.precision, tf32=args.tf32)
 
 
 @dataclass
@@ -261,15 +272,20 @@ class FeatureRun:
     model_info: dict
     identity: dict
     pixels: PixelNormalizer          # the network's input: channel order, mean and std (stream.normalisation)
+    precision: RunPrecision          # --precision and --tf32 resolved for the device
 
     @property
     def identity_sha256(self) -> str:
         return identity_sha256(self.identity)
 
 
-def resolve_run(config: FeatureConfig, ctx: DistContext) -> FeatureRun:
+def resolve_run(config: FeatureConfig, ctx: DistContext, device: torch.device) -> FeatureRun:
     """Videos, model (loaded once), identity; every problem found before any work."""
     settings = config.settings
+    try:
+        precision = resolve_precision(config.precision, device, tf32=config.tf32)
+    except ValueError as e:
+        raise RunError(str(e)) from e
     fail_together(ctx, probe_writable(config.out))                    # before loading anything
     records, data_desc = read_inputs(config.data)
     jobs, missing = make_jobs(records, settings)
@@ -285,8 +301,8 @@ def resolve_run(config: FeatureConfig, ctx: DistContext) -> FeatureRun:
     problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
     if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
         raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
-    identity = run_identity(model_info, settings, config.format, not config.no_fast_path, config.compile)
-    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, pixels)
+    identity = run_identity(model_info, settings, config.format, not config.no_fast_path, config.compile, precision)
+    return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, pixels, precision)
 
 
 def open_out(config: FeatureConfig, run: FeatureRun, ctx: DistContext) -> None:
@@ -338,7 +354,8 @@ def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan:
                 + (f', {len(run.missing)} missing' if run.missing else ''))
     console.say(f'device   {device}{f" on each of {ctx.world_size} ranks" if ctx.distributed else ""}, '
                 f'{per_forward} snippet(s) x {s.crops} crop(s) per forward, {workers} decode workers'
-                + (', compiled' if config.compile else '') + (', eager' if config.no_fast_path else ''))
+                + (', compiled' if config.compile else '') + (', eager' if config.no_fast_path else '')
+                + f', {run.precision.name}' + {True: ', TF32 allowed', False: ', TF32 off', None: ''}[run.precision.tf32])
     if plan.done or plan.failed or plan.retried:
         console.say(f'resume   {len(plan.done)} videos already finished in {config.out} (arrays verified), '
                     + (f'{plan.retried} failed earlier and tried again, ' if plan.retried else '')
@@ -346,6 +363,8 @@ def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan:
                        if plan.failed else '') + f'{len(plan.todo)} to do')
     if weights['kind'] == 'random':
         console.say('note     RANDOM WEIGHTS: the features mean nothing; a pipeline check only')
+    elif weights.get('note'):
+        console.say(f'weights  {weights["note"]}')
     console.say(RULE, flush=True)
 
 
@@ -355,13 +374,13 @@ def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
         device = resolve_device(config.device, ctx)
     except ValueError as e:
         raise RunError(str(e)) from e
-    run = resolve_run(config, ctx)
+    run = resolve_run(config, ctx, device)
     open_out(config, run, ctx)
     plan = plan_work(config, run, ctx)
     workers = config.workers if config.workers is not None else default_workers(ctx.local_world_size)
     per_forward = snippets_per_forward(run.settings, config.batch_size, device)
     print_header(console, config, run, plan, device, workers, per_forward, ctx)
-    with job_backend(device, resolve_precision(PRECISION, device)):
+    with job_backend(device, run.precision):
         results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward)
     gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
     if not ctx.is_main:
@@ -458,7 +477,8 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
     failures: Dict[int, dict] = {}
     if not mine:
         return results, failures
-    net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, config.compile)
+    net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, config.compile,
+                                run.precision)
     stream = FeatureStream(mine, run.settings, per_forward)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
                                          collate_fn=_identity, pin_memory=pin_memory(device))

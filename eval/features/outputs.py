@@ -116,6 +116,7 @@ def build_sidecar(video: VideoFeatures, array: np.ndarray, array_name: str, arra
         'crops': {'count': len(meta.crops), 'size': settings.crop_size,
                   'order': [c.describe() for c in meta.crops]},
         'snippets': snippets,
+        'network': run_identity['network'],     # fast path, compile, precision; on CUDA whether TF32 was allowed
         'identity_sha256': identity_sha256(run_identity),
     }
 

@@ -24,7 +24,7 @@ from eval.data.decode import (FrameCount, FrameFolder, Source, VideoDecodeError,
 from eval.data.pixels import PixelNormalizer, network_channel_order
 from eval.features.presets import NORMS, PRE_LOGITS, FeatureSettings
 from eval.data.snippets import ZERO_FRAME, ShortVideoError, SnippetPlan, last_use, plan_snippets
-from eval.kit.runtime import to_device
+from eval.kit.runtime import RunPrecision, to_device
 
 
 @dataclass(frozen=True)
@@ -306,10 +306,12 @@ class PooledFeatures(torch.nn.Module):
         self.net = net
         self.module_name = module_name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # forward_features / forward_head / get_classifier: the zoo protocol, so that the fast path's reduced
+    # precision (zoo.inference.ReducedPrecisionBody) runs the network in bf16/fp16 and the pooling in float32.
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The map that is pooled: the network's last one, or the named layer's output."""
         if self.module_name is None:
-            kwargs = {'fully_conv': False} if 'fully_conv' in self.net.forward_head.__code__.co_varnames else {}
-            return self.net.forward_head(self.net.forward_features(x), pre_logits=True, **kwargs)
+            return self.net.forward_features(x)
         box = []
 
         def grab(module, inputs, output):
@@ -323,21 +325,49 @@ class PooledFeatures(torch.nn.Module):
             pass
         finally:
             handle.remove()
-        return box[0].float().mean(dim=tuple(range(2, box[0].dim())))
+        return box[0]
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.module_name is None:
+            kwargs = {'fully_conv': False} if 'fully_conv' in self.net.forward_head.__code__.co_varnames else {}
+            return self.net.forward_head(x, pre_logits=True, **kwargs)
+        return x.float().mean(dim=tuple(range(2, x.dim())))
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.net.get_classifier()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class AutocastFeatures(torch.nn.Module):
+    """The eager model (--no-fast-path) in a reduced precision: autocast around it, features in float32."""
+
+    def __init__(self, net: torch.nn.Module, precision: RunPrecision):
+        super().__init__()
+        self.net = net
+        self.precision = precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return self.net(x).float()
 
 
 def prepare_feature_model(model: torch.nn.Module, layer: str, device: torch.device, fast_path: bool = True,
-                          compile: bool = False):
+                          compile: bool = False, precision: Optional[RunPrecision] = None):
     """The callable that turns a snippet batch into features: the zoo inference fast path (BatchNorm folded,
-    channels_last_3d, fp32, inference mode; ``compile``: torch.compile with frozen weights) around
-    PooledFeatures, or the eager model."""
+    channels_last_3d, inference mode; ``compile``: torch.compile with frozen weights; ``precision`` bf16/fp16:
+    the network's weights and activations cast once, the pooling in float32) around PooledFeatures, or the eager
+    model (under autocast for bf16/fp16). Default fp32."""
+    name = precision.name if precision is not None else 'fp32'
     module_name = resolve_layer(model, layer)
     wrapped = PooledFeatures(model, module_name)
     wrapped.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
     if not fast_path:
-        return wrapped.to(device).eval()
+        wrapped = wrapped.to(device).eval()
+        return wrapped if name == 'fp32' else AutocastFeatures(wrapped, precision)
     from zoo.inference import prepare_for_inference
-    return prepare_for_inference(wrapped, device=device, compile=compile)
+    return prepare_for_inference(wrapped, device=device, compile=compile, precision=name)
 
 
 @dataclass

@@ -39,9 +39,10 @@ from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext
 from eval.kit.job import RunError, decide_on_main, fail_together, run_job
 from eval.kit.models import load_model
 from eval.kit.engine import run_with_summary
+from eval.kit.flags import add_precision_flags
 from eval.kit.rundir import probe_writable
 from eval.data.pixels import PixelNormalizer
-from eval.kit.runtime import (PRECISION_NAMES, job_backend, pin_memory, resolve_device, resolve_precision,
+from eval.kit.runtime import (job_backend, pin_memory, resolve_device, resolve_precision,
                                to_device)
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
@@ -74,6 +75,7 @@ class FinetuneConfig:
     bn: str                          # resolved: train / frozen / frozen-affine
     freeze_backbone: bool
     precision: str
+    tf32: bool                       # --tf32: float32 may use TF32 on CUDA (eval.kit.runtime's rule)
     grad_checkpointing: bool
     seed: int
     deterministic: bool
@@ -166,7 +168,7 @@ def resolve(args: argparse.Namespace, ctx: DistContext) -> FinetuneConfig:
         classes=tuple(classes), spec=spec, epochs=args.epochs, plan=plan, lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         lr_steps=tuple(args.lr_steps or ()), dropout=args.dropout, bn=bn, freeze_backbone=args.freeze_backbone,
-        precision=args.precision, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
+        precision=args.precision, tf32=args.tf32, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
         deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
         workers=args.workers if args.workers is not None else default_workers(ctx.local_world_size),
         device=str(device), out=args.out, test_views=args.test_views,
@@ -260,7 +262,7 @@ class Trainer:
             warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
             milestones=[e * self.steps_per_epoch for e in config.lr_steps] or rc.default_milestones(total))
         self.scheduler = rc.make_scheduler(self.optimizer, self.factor)
-        self.precision = resolve_precision(config.precision, self.device, training=True)
+        self.precision = resolve_precision(config.precision, self.device, training=True, tf32=config.tf32)
         self.scaler = self.precision.make_scaler()
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
         self.normalise = PixelNormalizer.from_cfg(self.model.pretrained_cfg)
@@ -423,7 +425,7 @@ class Trainer:
             benchmark=config.benchmark, model=config.model, data=config.val_data, annotations=config.val_annotations,
             split=config.split, views=views, checkpoint=checkpoint, batch_size=config.eval_batch_size,
             workers=config.workers, device=config.device, seed=config.seed, max_failed=1.0,
-            dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress,
+            dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress, tf32=config.tf32,
             quiet=quiet, command=f'eval.finetune evaluation of {checkpoint}')
         rng = capture_rng()
         code, summary = run_with_summary(request, self.ctx)     # builds its own model from the file
@@ -465,6 +467,7 @@ def describe(config: FinetuneConfig, trainer: Trainer, console: Console) -> None
                 f'steps/epoch x {config.epochs} epochs; SGD lr {config.lr:g} ({config.schedule}, warmup '
                 f'{config.warmup_epochs:g} epochs), momentum {config.momentum:g} Nesterov, weight decay '
                 f'{config.weight_decay:g} (none on BN and biases); {config.precision}'
+                f'{", TF32 allowed" if trainer.precision.tf32 else ", TF32 off" if trainer.precision.tf32 is False else ""}'
                 f'{", gradient checkpointing" if config.grad_checkpointing else ""}; out {config.out}')
 
 
@@ -527,8 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f'BatchNorm: train; frozen (eval mode, affine trained); frozen-affine (nothing trained); '
                         f'auto (default): frozen below {rc.MIN_BN_BATCH} clips per device, else train')
     o.add_argument('--freeze-backbone', action='store_true', help='train the new head only (linear probe)')
-    o.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
-                   help='fp32, bf16 (CPU or GPU autocast) or fp16 (GPU, with a loss scaler)')
+    add_precision_flags(o, 'fp32, bf16 (CPU or GPU autocast) or fp16 (GPU, with a loss scaler)')
     o.add_argument('--grad-checkpointing', action='store_true', help='recompute activations in backward')
     o.add_argument('--seed', type=int, default=0)
     o.add_argument('--deterministic', action='store_true', help='deterministic algorithms (bit-exact resume on CPU)')

@@ -48,6 +48,7 @@ class RunRequest:
     workers: Optional[int] = None
     device: Optional[str] = None
     precision: str = 'fp32'
+    tf32: bool = False
     no_fast_path: bool = False
     compile: bool = False
     seed: int = 0
@@ -94,6 +95,7 @@ class RunConfig:
     device: str
     out_dir: str
     stamp: str
+    tf32: Optional[bool] = None              # on CUDA, whether float32 may use TF32 (runtime's rule); None elsewhere
 
     @property
     def num_classes(self) -> int:
@@ -199,6 +201,7 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
         fps=resolve_fps(request.fps, cfg.fps), mean=tuple(cfg.mean), std=tuple(cfg.std),
         channel_order=cfg.channel_order,
         precision=resolve_precision(request.precision, device).name, fast_path=not request.no_fast_path,
+        tf32=resolve_precision(request.precision, device, tf32=request.tf32).tf32,
         compile=request.compile,
         batch_size=request.batch_size or default_batch_size(device),
         workers=request.workers if request.workers is not None else default_workers(local_world_size),

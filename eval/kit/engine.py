@@ -207,7 +207,7 @@ def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, rep
         'metrics_over_annotated': metrics_over_annotated(result),
         'metrics_over_annotated_note': 'Caffe2 accounting: every annotated video counts, unscored ones as wrong',
         'flops': {k: v for k, v in flops.items() if k != 'table'} if flops else None,
-        'device': config.device, 'precision': config.precision, 'fast_path': config.fast_path,
+        'device': config.device, 'precision': config.precision, 'tf32': config.tf32, 'fast_path': config.fast_path,
         'compile': config.compile,
         'run': {'world_size': world_size, 'videos_from_earlier_runs': len(plan.done) - plan.retried_failed,
                 'scored_this_run': sum(r.scored for r in reports), 'failed_this_run': sum(r.failed for r in reports),

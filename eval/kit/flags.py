@@ -5,6 +5,11 @@ import argparse
 
 from eval.kit.config import DEFAULT_MAX_FAILED
 from eval.kit.distributed import DEFAULT_TIMEOUT_S
+from eval.kit.runtime import PRECISION_NAMES
+
+TF32_HELP = ('on CUDA, let float32 convolutions and matmuls use TF32 (faster on Ampere and later GPUs, ~1e-3 '
+             'relative error); without it fp32 computes in full float32 (bf16/fp16 allow TF32 anyway). '
+             'No effect on the CPU')
 
 
 def add_model_flags(p: argparse.ArgumentParser,
@@ -36,3 +41,9 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
                    help=f'seconds a rank waits for the others at a synchronisation point before the job stops '
                         f'(default {DEFAULT_TIMEOUT_S:g})')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def add_precision_flags(p: argparse.ArgumentParser, precision_help: str) -> None:
+    """--precision (the kit's table: eval.kit.runtime) and --tf32 (its TF32 rule), the same in every job."""
+    p.add_argument('--precision', choices=PRECISION_NAMES, default='fp32', help=precision_help)
+    p.add_argument('--tf32', action='store_true', help=TF32_HELP)

@@ -158,7 +158,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     replaces the decoding (benchmarks time the loop with it).
     """
     spec, device = config.spec, torch.device(config.device)
-    run_precision = resolve_precision(config.precision, device)
+    run_precision = resolve_precision(config.precision, device, tf32=bool(config.tf32))
     records = list(records)
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
     if indices is not None:

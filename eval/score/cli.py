@@ -8,9 +8,8 @@ from typing import List, Optional
 from eval.data.decode import FPS_HELP
 from eval.data.presets import BENCHMARKS, describe_benchmarks
 from eval.kit.config import AGGREGATIONS, RunRequest
-from eval.kit.flags import add_execution_flags, add_model_flags
+from eval.kit.flags import add_execution_flags, add_model_flags, add_precision_flags
 from eval.kit.engine import run
-from eval.kit.runtime import PRECISION_NAMES
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -38,8 +37,7 @@ def add_view_flags(p: argparse.ArgumentParser) -> None:
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument('--batch-size', type=int, help='views per forward pass, across videos (default 8 on GPU, 2 on CPU)')
-    p.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
-                   help='fp32 (default, exact), or bf16 / fp16 backbone with a float32 head (faster, not bit-exact)')
+    add_precision_flags(p, 'fp32 (default, exact), or bf16 / fp16 backbone with a float32 head (faster, not bit-exact)')
     add_execution_flags(p)
     p.add_argument('--out', help='output folder, resumed when it holds an unfinished run '
                                  '(default runs/<model>-<views>-<time>)')
