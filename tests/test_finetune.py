@@ -1,6 +1,7 @@
 """Fine-tuning (python -m eval.finetune): the recipe's numbers against hand computations, overfitting real
 and synthetic clips, the linear probe, saved weights the zoo loads with their classes, evaluation through
 the engine, refusal of a foreign --out, kill -9 and resume bit for bit, and 2 gloo ranks against 1 process."""
+import contextlib
 import csv
 import math
 import os
@@ -136,25 +137,49 @@ def test_fp16_on_cpu_and_a_batch_that_does_not_split_are_refused(training_set, t
     assert code == 2 and '--frames 4 / --crop 224: i3d_r50 needs clips of at least 7 frames' in out.err
 
 
+@contextlib.contextmanager
+def convolutions_observed():
+    """Every Conv3d forward of whatever runs inside: how many, and the dtypes of their outputs."""
+    seen = {'calls': 0, 'dtypes': set()}
+
+    def hook(module, args, output):
+        if isinstance(module, nn.Conv3d):
+            seen['calls'] += 1
+            seen['dtypes'].add(output.dtype)
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def test_gradient_checkpointing_and_bf16_through_the_command_line(training_set, tmp_path, capsys):
-    """--grad-checkpointing recomputes the same activations (dropout masks too: checkpoint restores the RNG):
-    the weights equal those of the plain run. --precision bf16 trains (autocast on the CPU): finite losses,
-    the first within 10% of fp32's (bf16 keeps 8 bits: a unit roundoff of 2^-8 ~ 0.4% per rounding, over the
-    tiny network's ~10 layers and the loss), and the head moves. 8 frames: at 4, bf16 on the CPU is refused
-    (the next test)."""
+    """--grad-checkpointing recomputes the convolutions in backward (most run twice per step) and the same
+    activations (dropout masks too: checkpoint restores the RNG): the weights equal those of the plain run.
+    --precision bf16 trains under autocast on the CPU: the convolutions compute in bfloat16, the losses stay
+    finite and within 10% of fp32's (bf16 keeps 8 bits: a unit roundoff of 2^-8 ~ 0.4% per rounding, over the
+    tiny network's ~10 layers and the loss) yet differ from them by far more than float32 rounding, and the
+    head moves. 8 frames: at 4, bf16 on the CPU is refused (the last test)."""
     def run(name, *extra):
-        code, out = finetune(base_args(training_set, tmp_path / name, '--epochs', 1, '--batch-size', 2, '--lr', 0.05,
-                                       '--bn', 'train', '--checkpoint-every', 0, '--frames', 8, *extra), capsys)
+        with convolutions_observed() as seen:
+            code, out = finetune(base_args(training_set, tmp_path / name, '--epochs', 1, '--batch-size', 2, '--lr',
+                                           0.05, '--bn', 'train', '--checkpoint-every', 0, '--frames', 8, *extra),
+                                 capsys)
         assert code == 0, out.err
         return state_dict(tmp_path / name / 'last.pth'), [float(r['loss']) for r in metrics(tmp_path / name)
-                                                           if r['kind'] == 'step']
-    plain, plain_losses = run('plain')
-    checkpointed, checkpointed_losses = run('ckpt', '--grad-checkpointing')
+                                                           if r['kind'] == 'step'], seen
+    plain, plain_losses, plain_seen = run('plain')
+    checkpointed, checkpointed_losses, checkpointed_seen = run('ckpt', '--grad-checkpointing')
+    # all but the stem's convolution, whose only saved input is the clip itself (16 of tiny_i3d's 17)
+    assert plain_seen['calls'] > 0 and checkpointed_seen['calls'] >= 1.75 * plain_seen['calls']
+    assert plain_seen['dtypes'] == {torch.float32}
     assert checkpointed_losses == pytest.approx(plain_losses, rel=1e-6)
     for k in plain:      # the same arithmetic up to the order backward accumulates in (float32 rounding)
         torch.testing.assert_close(checkpointed[k].float(), plain[k].float(), rtol=1e-4, atol=1e-6, msg=k)
-    bf16, bf16_losses = run('bf16', '--precision', 'bf16')
+    bf16, bf16_losses, bf16_seen = run('bf16', '--precision', 'bf16')
+    assert torch.bfloat16 in bf16_seen['dtypes']     # (the bf16 clip check before training runs in float32)
     assert all(math.isfinite(x) for x in bf16_losses) and bf16_losses[0] == pytest.approx(plain_losses[0], rel=0.1)
+    assert abs(bf16_losses[0] - plain_losses[0]) > 1e-4 * plain_losses[0], (bf16_losses[0], plain_losses[0])
     torch.manual_seed(0)
     assert not torch.equal(bf16['fc.weight'], zoo.create_model('tiny_i3d', num_classes=6).fc.weight)
 
