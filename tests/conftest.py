@@ -25,13 +25,17 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
 
 
-@pytest.fixture(autouse=True)
-def heap_left_alone(monkeypatch):
+def pytest_configure(config):
     """The command-line jobs keep freed memory (zoo.heap), a process-wide setting that cannot be undone: run in
     this process, they would leave every later test computing in another heap, depending on the order. Here
-    they leave it alone (ZOO_KEEP_HEAP=0, which children inherit unless a test sets it); tests/test_heap.py
-    checks the setting in child processes. A test that switched it anyway fails."""
-    monkeypatch.setenv(zoo.heap.ENV, '0')
+    they leave it alone (ZOO_KEEP_HEAP=0 for the session, which children inherit unless a test sets it);
+    tests/test_heap.py checks the setting in child processes."""
+    os.environ[zoo.heap.ENV] = '0'
+
+
+@pytest.fixture(autouse=True)
+def heap_left_alone():
+    """A test that switched the pytest process heap anyway fails (and so shows which one it was)."""
     yield
     assert not zoo.heap._applied, 'this test switched the pytest process heap (zoo.heap.keep_freed_memory)'
 

@@ -21,7 +21,7 @@ _CFG = zoo.VideoPretrainedCfg(
     num_frames=4, sampling_rate=2, mean=(114.75,) * 3, std=(57.375,) * 3, crop_size=48, test_scale=48,
     test_crop_size=48, test_views=(1, 2), num_classes=NUM_CLASSES, label_set='test',
     class_names=tuple(f'class{i}' for i in range(NUM_CLASSES)))
-default_cfgs = {'tiny_video_net': _CFG, 'slow_tiny_video_net': _CFG}
+default_cfgs = {'tiny_video_net': _CFG, 'slow_tiny_video_net': _CFG, 'hanging_tiny_video_net': _CFG}
 
 
 class TinyVideoNet(torch.nn.Module):
@@ -51,6 +51,17 @@ def tiny_video_net(pretrained=False, **kwargs):
 def slow_tiny_video_net(pretrained=False, **kwargs):
     delay = float(os.environ.get('EVAL_TEST_SECONDS_PER_BATCH', '0.4'))
     return build_model_with_cfg(TinyVideoNet, 'slow_tiny_video_net', pretrained, seconds_per_batch=delay, **kwargs)
+
+
+@register_model
+def hanging_tiny_video_net(pretrained=False, **kwargs):
+    """On rank 1 of a torchrun job, the first forward pass sleeps EVAL_TEST_HANG_SECONDS (alive but stuck, as in
+    a decoder that never returns); rank 0 and a single process run as tiny_video_net."""
+    model = build_model_with_cfg(TinyVideoNet, 'tiny_video_net', pretrained, **kwargs)
+    if os.environ.get('RANK') == '1':
+        import time
+        model.register_forward_pre_hook(lambda module, inputs: time.sleep(float(os.environ['EVAL_TEST_HANG_SECONDS'])))
+    return model
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,129 @@
+"""Mutation check of the suite: each promise below is broken by a one-line edit, and the tests named for it must
+then fail. A test that still passes with its feature removed cannot fail when the feature breaks.
+
+    python tests/mutations.py              # every mutation; exit status 1 if any survives
+    python tests/mutations.py -k bf16      # the mutations whose name contains 'bf16'
+    python tests/mutations.py --list       # the table, without running anything
+
+Each mutation runs in a copy of the working tree (with ../shared linked beside it, as the tests expect), so
+that the edit also reaches the child processes the tests start (torchrun ranks, command lines); the copy's
+pytest runs only the named tests. Not collected by pytest (no test_ prefix).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str             # the promise broken
+    path: str             # file edited, relative to the repository
+    old: str              # text that must occur exactly once in it
+    new: str
+    tests: Tuple[str, ...]   # pytest node ids that must fail
+
+
+FT = 'tests/test_finetune.py::'
+SC = 'tests/test_eval_engine_paths.py::'
+MUTATIONS = (
+    # (1) the hollow tests
+    Mutation('set_grad_checkpointing is a no-op', 'zoo/_features.py',
+             'self.grad_checkpointing = enable', 'self.grad_checkpointing = False',
+             ('tests/test_zoo_timm_contract.py::test_grad_checkpointing_gives_the_same_gradients_and_running_statistics'
+              '[i3d_nl_r50_32x4]',
+              FT + 'test_gradient_checkpointing_and_bf16_through_the_command_line')),
+    Mutation('fine-tuning bf16 autocast is a no-op', 'eval/finetune/job.py',
+             'with self.precision.autocast():', 'with contextlib.nullcontext():',
+             (FT + 'test_gradient_checkpointing_and_bf16_through_the_command_line',)),
+    Mutation('the demo falls back to random weights', 'eval/data/demo.py',
+             'model, weights = load_model(DEMO_MODEL_TRAINED, pretrained=True)',
+             'raise RuntimeError("mutated")',
+             ('tests/test_eval_cli.py::test_demo_says_which_weights_it_used',)),
+)
+
+
+def copy_tree(dest: str) -> str:
+    """The working tree (tracked and untracked, not ignored files) under dest/repo, ../shared linked beside it."""
+    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split('\0')
+    root = os.path.join(dest, 'repo')
+    for rel in filter(None, files):
+        src, dst = os.path.join(REPO, rel), os.path.join(root, rel)
+        if not os.path.lexists(src):
+            continue                      # deleted in the working tree, not yet in git
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        else:
+            shutil.copy2(src, dst)
+    shared = os.path.join(os.path.dirname(REPO), 'shared')
+    if os.path.isdir(shared):
+        os.symlink(shared, os.path.join(dest, 'shared'))
+    return root
+
+
+def apply(root: str, m: Mutation) -> None:
+    path = os.path.join(root, m.path)
+    with open(path) as f:
+        text = f.read()
+    if text.count(m.old) != 1:
+        raise SystemExit(f'{m.name}: {m.old!r} occurs {text.count(m.old)} times in {m.path}, not once: update the table')
+    with open(path, 'w') as f:
+        f.write(text.replace(m.old, m.new))
+
+
+def run_tests(root: str, tests: Tuple[str, ...]) -> dict:
+    """node id -> 'failed', 'passed', 'skipped' or 'error' in the copy at root."""
+    env = dict(os.environ, PYTHONPATH=root, PYTHONDONTWRITEBYTECODE='1')
+    where = subprocess.run([sys.executable, '-c', 'import zoo, eval; print(zoo.__file__, eval.__file__)'],
+                           cwd=root, env=env, capture_output=True, text=True, check=True).stdout
+    assert all(p.startswith(root) for p in where.split()), f'the copy imports another tree: {where}'
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rA', '-p', 'no:cacheprovider', *tests], cwd=root,
+                          env=env, capture_output=True, text=True)
+    outcome = {t: 'error' for t in tests}
+    for line in proc.stdout.splitlines():
+        found = re.match(r'(PASSED|FAILED|SKIPPED|ERROR) (\S+)', line)
+        if found and found.group(2) in outcome:
+            outcome[found.group(2)] = found.group(1).lower()
+    return outcome
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-k', default='', help='only the mutations whose name contains this')
+    p.add_argument('--list', action='store_true', help='print the table and exit')
+    args = p.parse_args()
+    chosen = [m for m in MUTATIONS if args.k in m.name]
+    survived = 0
+    print(f'{"mutation":<52} {"test":<90} result')
+    for m in chosen:
+        if args.list:
+            for t in m.tests:
+                print(f'{m.name:<52} {t:<90} -')
+            continue
+        start = time.time()
+        with tempfile.TemporaryDirectory(prefix='mutation-') as tmp:
+            root = copy_tree(tmp)
+            apply(root, m)
+            outcome = run_tests(root, m.tests)
+        for t in m.tests:
+            killed = outcome[t] in ('failed', 'error')
+            survived += not killed
+            print(f'{m.name:<52} {t:<90} {"killed" if killed else "SURVIVED (" + outcome[t] + ")"}', flush=True)
+        print(f'{"":<52} {"":<90} ({time.time() - start:.0f} s)', flush=True)
+    if survived:
+        print(f'{survived} test(s) passed with their feature broken')
+    return 1 if survived else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
