@@ -3,12 +3,15 @@ and synthetic clips, the linear probe, saved weights the zoo loads with their cl
 the engine, refusal of a foreign --out, kill -9 and resume bit for bit, and 2 gloo ranks against 1 process."""
 import contextlib
 import csv
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -297,6 +300,54 @@ def test_another_recipe_is_refused_on_the_same_out(finished_run, training_set, c
     assert code == 2
     assert 'holds a fine-tuning run of a different configuration (recipe.json)' in out.err
     assert 'lr: this folder has 0.05, this run has 0.1' in out.err
+
+
+def test_defaults_best_checkpoint_test_views_and_bad_training_videos_through_the_engine(training_set, tmp_path,
+                                                                                       capsys):
+    """One run with the recipe's defaults (docs/finetuning.md's table: lr 0.01 with 1 epoch of linear warmup
+    from 0.1x then cosine to 0, weight decay 1e-4 off BN and biases, dropout 0.5 before the head), a listed
+    training video that is missing (left out, counted) and one that fails to decode (replaced, with a warning),
+    --test-checkpoint best and --test-views 1x1.
+
+    Validation uses a class no training video has (the 7th), so nothing raises its top-1 after the first epoch
+    and best.pth is epoch 1 (the first of equals), not the last: the final test of best.pth with the validation's
+    1x1 views must then give exactly epoch 1's validation scores, and not epoch 2's."""
+    list_path, classes_path, classes = training_set
+    root = tmp_path / 'data'
+    shutil.copytree(os.path.dirname(list_path), root)
+    (root / 'broken.mp4').write_bytes(b'not a video' * 100)
+    with open(list_path) as f:
+        lines = f.read().splitlines()
+    (root / 'train.txt').write_text('\n'.join(lines + ['missing_clip 0', 'broken.mp4 1']) + '\n')
+    (root / 'val.txt').write_text(''.join(f'{line.split()[0]} {len(classes)}\n' for line in lines))
+    (root / 'classes7.txt').write_text(''.join(f'{c}\n' for c in classes + ('never_trained',)))
+    out = tmp_path / 'run'
+    dropouts = []
+    hook = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, args: dropouts.append(m.p) if isinstance(m, nn.Dropout) and m.training else None)
+    try:
+        code, output = finetune(['--model', 'tiny_i3d', '--data', root / 'train.txt', '--classes', root / 'classes7.txt',
+                                 '--val-data', root / 'val.txt', '--out', out, '--workers', 0, '--no-progress',
+                                 '--epochs', 2, '--batch-size', 2, '--checkpoint-every', 0,
+                                 '--test-checkpoint', 'best', '--test-views', '1x1'], capsys)
+    finally:
+        hook.remove()
+    assert code == 0, output.err
+    assert '7 videos, 1 missing and left out' in output.out and 'broken.mp4' in output.err
+    # 7 found videos in batches of 2: 3 steps an epoch; the lr of each step by hand from the documented rule
+    lrs = [float(r['lr']) for r in metrics(out) if r['kind'] == 'step']
+    assert lrs == pytest.approx([0.001, 0.004, 0.007, 0.01, 0.0075, 0.0025], rel=1e-6)
+    groups = load_training_state(out / 'checkpoint.pt')['optimizer']['param_groups']
+    assert sorted(g['weight_decay'] for g in groups) == [0.0, 1e-4]
+    assert all(g['momentum'] == 0.9 and g['nesterov'] for g in groups)
+    assert dropouts and set(dropouts) == {0.5}
+    epochs = [r for r in metrics(out) if r['kind'] == 'epoch']
+    assert load_training_state(out / 'checkpoint.pt')['position']['best_epoch'] == 1, epochs
+    test = json.load(open(out / 'test' / 'summary.json'))
+    assert test['views']['spec'] == '1x1' and test['weights']['source'] == str(out / 'best.pth')
+    scores = {name: np.load(out / name / 'scores.npz')['outputs'] for name in ('test', 'val/epoch_001', 'val/epoch_002')}
+    np.testing.assert_array_equal(scores['test'], scores['val/epoch_001'])
+    assert not np.array_equal(scores['test'], scores['val/epoch_002'])
 
 
 # ------------------------------------------------------------------------------------------- durable, distributed
