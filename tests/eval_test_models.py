@@ -108,6 +108,34 @@ def torchrun_command(nproc: int, args: list, module: str = 'tests.eval_test_mode
     return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', module, *args]
 
 
+def kill_mid_run(launch, progress, total: int, delays=(0.3, 1.2, 4.8)) -> tuple:
+    """SIGKILL a run as soon as it has durably finished some of its work, never after a fixed sleep.
+
+    ``launch(delay, attempt)`` starts the run (a Popen with ``start_new_session=True``) whose every pass sleeps
+    ``delay``; ``progress(attempt)`` counts the units it has durably finished (read from its files), out of
+    ``total``. The process group is killed the moment ``progress`` reaches 1. On a loaded machine this process
+    may be descheduled long enough for the run to finish everything first: the kill then came too late, and
+    the next attempt (its own output folder) runs with the next, longer delay. Returns (attempt, units done).
+    """
+    import signal
+    import time
+    done = 0
+    for attempt, delay in enumerate(delays):
+        proc = launch(delay, attempt)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None and progress(attempt) < 1:
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        done = progress(attempt)
+        if 1 <= done < total:
+            return attempt, done
+        assert done >= 1, f'the run was killed (or ended) before finishing anything: {done} of {total}'
+    raise AssertionError(f'the kill came too late at every delay {delays}: {done} of {total} finished')
+
+
 if __name__ == '__main__':
     from eval.kinetics import main
     sys.exit(main())

@@ -78,6 +78,10 @@ MUTATIONS = (
              '(p.best_epoch in (None, epoch + 1))', '(True)', (DEFAULTS,)),
     Mutation('a missing training video is not left out', 'eval/finetune/job.py',
              'found = [r for r in records if r.path is not None]', 'found = list(records)', (DEFAULTS,)),
+    Mutation('the 32x4 models built on the 32x2 ("org") stem layout', 'zoo/video_nonlocal_net.py',
+             "I3D_32X4_FROZEN = replace(I3D_8X8, norm='frozen_affine')",
+             "I3D_32X4_FROZEN = replace(I3D_32X2, norm='frozen_affine')",
+             ('tests/test_zoo_resnet3d.py::test_temporal_kernels_and_stem_layout_follow_the_caffe2_table[i3d_r50_32x4]',)),
     Mutation('a training video that fails to decode is not replaced', 'eval/data/train_clips.py',
              'except VideoDecodeError as e:', 'except ImportError as e:', (DEFAULTS,)),
 )

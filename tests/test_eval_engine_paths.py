@@ -45,7 +45,7 @@ def test_logit_averaging_scores_videos_with_their_mean_output(dataset, fp32_run,
     """The metrics of an --aggregate logits run are those of the mean raw outputs (scores.npz keeps both
     means): the same as softmax averaging's outputs, and not what softmax averaging reports whenever the two
     rank the classes differently."""
-    (fp32, fp32_summary), (logits, summary) = fp32_run, score(dataset, tmp_path / 'logits', '--aggregate', 'logits')
+    (fp32, _), (logits, summary) = fp32_run, score(dataset, tmp_path / 'logits', '--aggregate', 'logits')
     np.testing.assert_array_equal(logits['outputs'], fp32['outputs'])
     assert str(logits['aggregation']) == 'logits' and summary['views']['aggregation'] == 'logits'
     by_outputs = classification_metrics(logits['outputs'], logits['labels'])

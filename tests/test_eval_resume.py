@@ -1,9 +1,7 @@
 """Resuming a run from its durable store, refusing a foreign --out, retrying and recording failures, pre-flight checks."""
 import json
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoS
 from eval.data.decode import VideoDecodeError
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, decode_records, encode_record
 from eval.data.views import ViewSampler, ViewSpec
-from eval_test_models import REPO_ROOT, cli_args, cli_env, python_command, write_synthetic_set
+from eval_test_models import REPO_ROOT, cli_args, cli_env, kill_mid_run, python_command, write_synthetic_set
 
 NUM_VIDEOS = 8
 
@@ -61,19 +59,16 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescorin
     reference = str(tmp_path / 'reference')
     run_cli(cli_args('slow_tiny_video_net', dataset, reference, '--no-flops'))
 
-    out = str(tmp_path / 'killed')
-    proc = subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
-                            cwd=REPO_ROOT, env=cli_env(seconds_per_batch=2.0), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        # 2 s per video: the kill lands before the last video even if this process is descheduled for
-        # 10 s after seeing the first one stored (the reference and resumed runs do not sleep)
-        deadline = time.time() + 120
-        while not stored_keys(out) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, str(tmp_path / f'killed{attempt}'),
+                                                        '--no-flops')),
+                                cwd=REPO_ROOT, env=cli_env(seconds_per_batch=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    # 2 s per video, then longer if this process was descheduled past the whole run (the reference and resumed
+    # runs do not sleep)
+    attempt, _ = kill_mid_run(launch, lambda attempt: len(stored_keys(str(tmp_path / f'killed{attempt}'))),
+                              total=NUM_VIDEOS, delays=(2.0, 8.0))
+    out = str(tmp_path / f'killed{attempt}')
     done_before = len(stored_keys(out))
     assert 1 <= done_before < NUM_VIDEOS, f'the kill came too late or too early: {done_before} stored'
     assert not os.path.exists(os.path.join(out, 'summary.json'))

@@ -7,9 +7,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ import zoo
 import eval.finetune.recipe as rc
 from eval.kit.config import model_class_names
 from eval.finetune.state import load_training_state
+from eval_test_models import kill_mid_run
 from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,
                                   write_training_set)
 
@@ -367,18 +366,16 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(training_s
     reference = tmp_path / 'reference'
     run_cli(python_command(args(reference)), cli_env())
 
-    out = tmp_path / 'killed'
-    proc = subprocess.Popen(python_command(args(out)), cwd=REPO_ROOT, env=cli_env(seconds_per_pass=0.3),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / 'checkpoint.pt').exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = load_training_state(out / 'checkpoint.pt')['position']['global_step']
-    assert 1 <= killed_at < 9, f'the kill came too late: {killed_at} steps checkpointed'
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(args(tmp_path / f'killed{attempt}')), cwd=REPO_ROOT,
+                                env=cli_env(seconds_per_pass=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def steps_checkpointed(attempt):
+        path = tmp_path / f'killed{attempt}' / 'checkpoint.pt'
+        return load_training_state(path)['position']['global_step'] if path.exists() else 0
+    attempt, killed_at = kill_mid_run(launch, steps_checkpointed, total=9)
+    out = tmp_path / f'killed{attempt}'
     assert not (out / 'test').exists()
 
     run_cli(python_command(args(out)), cli_env())
