@@ -1,11 +1,12 @@
 """Scoring flags through the engine end to end, on the tiny registered network: reduced precision changes the
 numbers (by more than float32 rounding, less than bf16's) and is recorded; logit averaging scores each video
-with its mean raw output."""
+with its mean raw output; --compile runs the network through torch.compile and scores as the eager fast path."""
 import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
 import eval.kinetics
 from eval.kit.meter import classification_metrics
@@ -51,3 +52,24 @@ def test_logit_averaging_scores_videos_with_their_mean_output(dataset, fp32_run,
     by_outputs = classification_metrics(logits['outputs'], logits['labels'])
     assert summary['metrics']['top1'] == pytest.approx(by_outputs['top1'])
     assert summary['metrics'].get('mean_class_accuracy', 0) == pytest.approx(by_outputs.get('mean_class_accuracy', 0))
+
+
+@pytest.fixture
+def compiled_networks(monkeypatch):
+    """The class names of what torch.compile is called on in this test (it still compiles); dynamo's caches are
+    reset afterwards, so no later test runs a graph compiled here."""
+    calls, real = [], torch.compile
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
+    yield calls
+    torch._dynamo.reset()
+
+
+def test_compile_scores_through_torch_compile_as_the_eager_fast_path(dataset, fp32_run, tmp_path, compiled_networks):
+    (fp32, _), (compiled, summary) = fp32_run, score(dataset, tmp_path / 'compiled', '--compile')
+    assert compiled_networks == ['TinyVideoNet'] and summary['compile'] is True
+    # inductor fuses and may reorder sums: float32 rounding
+    np.testing.assert_allclose(compiled['outputs'], fp32['outputs'], rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 import feature_test_models  # noqa: F401  (registers the tiny models for in-process runs)
 
@@ -86,6 +87,26 @@ def test_the_same_run_twice_writes_bit_identical_files(data, reference, tmp_path
     out = str(tmp_path / 'again')
     run(feature_args(data, out, '--tail', 'pad'))
     assert output_files(out) == output_files(reference)
+
+
+def test_compile_extracts_through_torch_compile_the_features_of_the_eager_fast_path(data, reference, tmp_path,
+                                                                                    capsys, monkeypatch):
+    calls, real = [], torch.compile
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
+    out = str(tmp_path / 'compiled')
+    try:
+        code, _, err = in_process(feature_args(data, out, '--tail', 'pad', '--compile'), capsys)
+    finally:
+        torch._dynamo.reset()                # no later test runs a graph compiled here
+    assert code == 0, err
+    assert len(calls) == 1
+    for n in LENGTHS:                        # inductor fuses and may reorder sums: float32 rounding
+        np.testing.assert_allclose(np.load(os.path.join(out, f'c{n}.npy')),
+                                   np.load(os.path.join(reference, f'c{n}.npy')), rtol=1e-5, atol=1e-6)
 
 
 def test_two_torchrun_ranks_write_the_files_of_one_process(data, reference, tmp_path):
