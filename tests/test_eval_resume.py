@@ -15,7 +15,8 @@ from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoS
 from eval.data.decode import VideoDecodeError
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, decode_records, encode_record
 from eval.data.views import ViewSampler, ViewSpec
-from eval_test_models import REPO_ROOT, cli_args, cli_env, kill_mid_run, python_command, write_synthetic_set
+from eval_test_models import (REPO_ROOT, cli_args, cli_env, kill_mid_run, python_command, torchrun_command,
+                              write_synthetic_set)
 
 NUM_VIDEOS = 8
 
@@ -55,9 +56,16 @@ def in_process(args, capsys):
 
 # ---------------------------------------------------------------------------------------- kill -9 and resume
 
-def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescoring(dataset, tmp_path):
-    reference = str(tmp_path / 'reference')
+@pytest.fixture(scope='module')
+def uninterrupted(dataset, tmp_path_factory):
+    """The run the killed runs must end as: one process, no delay (slow_tiny_video_net's weights: seed 0)."""
+    reference = str(tmp_path_factory.mktemp('uninterrupted') / 'out')
     run_cli(cli_args('slow_tiny_video_net', dataset, reference, '--no-flops'))
+    return reference
+
+
+def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescoring(dataset, uninterrupted, tmp_path):
+    reference = uninterrupted
 
     def launch(delay, attempt):
         return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, str(tmp_path / f'killed{attempt}'),
@@ -82,6 +90,34 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescorin
     assert resumed_summary['run']['videos_from_earlier_runs'] == done_before
     assert resumed_summary['run']['scored_this_run'] == NUM_VIDEOS - done_before
     assert sorted(stored_keys(out)) == sorted(f'clip{i}' for i in range(NUM_VIDEOS))   # none scored twice
+
+
+def test_a_run_killed_in_one_process_resumes_with_two_ranks(dataset, uninterrupted, tmp_path):
+    """docs/scoring.md: the number of processes may change on resume. One process killed after its first stored
+    video, resumed by 2 torchrun ranks: every video scored once, with the scores and metrics of an uninterrupted
+    run (to float32 rounding: a rank runs on half the cores, as in test_eval_distributed)."""
+    reference = uninterrupted
+
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, str(tmp_path / f'k{attempt}'),
+                                                        '--no-flops')),
+                                cwd=REPO_ROOT, env=cli_env(seconds_per_batch=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    attempt, done_before = kill_mid_run(launch, lambda attempt: len(stored_keys(str(tmp_path / f'k{attempt}'))),
+                                        total=NUM_VIDEOS, delays=(2.0, 8.0))
+    out = str(tmp_path / f'k{attempt}')
+    proc = subprocess.run(torchrun_command(2, cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
+                          cwd=REPO_ROOT, env=cli_env(seconds_per_batch=0.0), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (expected, expected_summary), (resumed, summary) = load_run(reference), load_run(out)
+    assert list(resumed['video_ids']) == list(expected['video_ids']) and resumed['scored'].all()
+    np.testing.assert_allclose(resumed['probs'], expected['probs'], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(resumed['outputs'], expected['outputs'], rtol=1e-5, atol=1e-6)
+    assert summary['metrics'] == expected_summary['metrics']
+    assert summary['run']['world_size'] == 2 and summary['run']['videos_from_earlier_runs'] == done_before
+    assert summary['run']['scored_this_run'] == NUM_VIDEOS - done_before
+    assert sorted(stored_keys(out)) == sorted(f'clip{i}' for i in range(NUM_VIDEOS))     # none scored twice
 
 
 def test_torn_final_record_is_ignored_and_the_complete_ones_kept():
