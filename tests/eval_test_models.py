@@ -138,4 +138,7 @@ def kill_mid_run(launch, progress, total: int, delays=(0.3, 1.2, 4.8)) -> tuple:
 
 if __name__ == '__main__':
     from eval.kinetics import main
-    sys.exit(main())
+    status = main()
+    # said by every process, so a test reads each rank's own status, not torchrun's report of it
+    print(f"rank {os.environ.get('RANK', '0')} exit status {status}", file=sys.stderr, flush=True)
+    sys.exit(status)
