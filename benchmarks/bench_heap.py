@@ -1,7 +1,7 @@
 """What zoo.heap.keep_freed_memory saves: minor page faults per forward pass of a small 3D ConvNet whose
 activations (51 MB) are past glibc's mmap threshold, with the heap kept and with glibc's default, each in its
 own process (the setting is process-wide). The saving depends on the kernel: with transparent huge pages
-'always' each fault maps 2 MiB instead of 4 KiB and the default heap faults ~500x less, so this is measured
+'always' a fault can map 2 MiB instead of 4 KiB and the default heap faults far less (19x here), so this is measured
 here and printed with the machine's THP setting, never asserted in tests (tests/test_heap.py checks what
 malloc does, which does not depend on the kernel).
 

@@ -17,7 +17,7 @@ from benchmarks.timing import best_seconds  # noqa: E402
 from eval.data.views import ViewSpec  # noqa: E402
 
 CPU = torch.device('cpu')
-C2D_8X8_AT_8X64_MULTIPLY_ADDS = 1545083904     # fvcore, one clip of 8 frames at 64x64 (2026-12-04)
+C2D_8X8_AT_8X64_MULTIPLY_ADDS = 1545083904     # fvcore, one clip of 8 frames at 64x64 (2026-12-03)
 
 
 def test_best_seconds_returns_the_last_result_after_warmup_and_repeats():

@@ -2,7 +2,7 @@
 (instead of mapping it afresh and unmapping it on every forward pass), every job of the engine sets it, and
 ZOO_KEEP_HEAP=0 leaves malloc as it was. Checked in child processes (the setting is process-wide and cannot
 be undone) on malloc's own account of its memory (mallinfo2), which does not depend on the machine; what the
-setting saves in page faults and time depends on the kernel (transparent huge pages cut the faults ~500x) and
+setting saves in page faults and time depends on the kernel (transparent huge pages `always` cut them 19x here) and
 is measured in benchmarks/bench_heap.py, not asserted here."""
 import os
 import platform

@@ -72,7 +72,7 @@ def test_network_accepts_other_clip_sizes():
 # The reference (../shared/reference/video-nonlocal-net.md) gives fvcore's counts of the seed's independent port
 # to 2 decimals of GFLOPs: ours round to exactly those (0.005 G, 0.015%: far below one layer; res5's projection
 # alone is 0.33 G). fvcore's count is deterministic, so our own exact figures are pinned too: they are a
-# regression check of our measurement (2026-12-04), not an independent reference.
+# regression check of our measurement (2026-12-03), not an independent reference.
 @pytest.mark.parametrize('name, size, reference, exact', [
     ('i3d_r50', dict(frames=32, crop=224), 32.97, 32970853376),
     ('i3d_r50', dict(views=(3, 10)), 43.11, 43114912768),          # the 3x10 test: 32 frames, 256 crops
