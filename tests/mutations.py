@@ -1,7 +1,8 @@
 """Mutation check of the suite: each promise below is broken by a one-line edit, and the tests named for it must
 then fail. A test that still passes with its feature removed cannot fail when the feature breaks.
 
-    python tests/mutations.py              # every mutation; exit status 1 if any survives
+    python tests/mutations.py              # every mutation; exit status 1 if any survives, 2 if a named test
+                                           # fails even unmutated (the control run, first)
     python tests/mutations.py -k bf16      # the mutations whose name contains 'bf16'
     python tests/mutations.py --list       # the table, without running anything
 
@@ -67,7 +68,8 @@ MUTATIONS = (
     Mutation('eval.features --compile is ignored', 'eval/features/stream.py',
              'return prepare_for_inference(wrapped, device=device, compile=compile)',
              'return prepare_for_inference(wrapped, device=device, compile=False)',
-             ('tests/test_features_cli.py::test_compile_extracts_through_torch_compile_the_features_of_the_eager_fast_path',)),
+             ('tests/test_features_cli.py::'
+              'test_compile_extracts_through_torch_compile_the_features_of_the_eager_fast_path',)),
     Mutation('a resume with another number of processes is refused', 'eval/kit/engine.py',
              'seed=request.seed, spec=config.spec',
              "seed=(request.seed, __import__('os').environ.get('WORLD_SIZE', '1')), spec=config.spec",
@@ -93,7 +95,8 @@ MUTATIONS = (
     Mutation('the 32x4 models built on the 32x2 ("org") stem layout', 'zoo/video_nonlocal_net.py',
              "I3D_32X4_FROZEN = replace(I3D_8X8, norm='frozen_affine')",
              "I3D_32X4_FROZEN = replace(I3D_32X2, norm='frozen_affine')",
-             ('tests/test_zoo_resnet3d.py::test_temporal_kernels_and_stem_layout_follow_the_caffe2_table[i3d_r50_32x4]',)),
+             ('tests/test_zoo_resnet3d.py::'
+              'test_temporal_kernels_and_stem_layout_follow_the_caffe2_table[i3d_r50_32x4]',)),
     Mutation('a training video that fails to decode is not replaced', 'eval/data/train_clips.py',
              'except VideoDecodeError as e:', 'except ImportError as e:', (DEFAULTS,)),
 )
@@ -124,14 +127,15 @@ def apply(root: str, m: Mutation) -> None:
     with open(path) as f:
         text = f.read()
     if text.count(m.old) != 1:
-        raise SystemExit(f'{m.name}: {m.old!r} occurs {text.count(m.old)} times in {m.path}, not once: update the table')
+        raise SystemExit(f'{m.name}: {m.old!r} occurs {text.count(m.old)} times in {m.path}, not once: '
+                         'update the table')
     with open(path, 'w') as f:
         f.write(text.replace(m.old, m.new))
 
 
 def run_tests(root: str, tests: Tuple[str, ...]) -> dict:
     """node id -> 'failed', 'passed', 'skipped' or 'error' in the copy at root."""
-    env = dict(os.environ, PYTHONPATH=root, PYTHONDONTWRITEBYTECODE='1')
+    env = dict(os.environ, PYTHONPATH=root, PYTHONDONTWRITEBYTECODE='1', COLUMNS='400')   # reasons untruncated
     where = subprocess.run([sys.executable, '-c', 'import zoo, eval; print(zoo.__file__, eval.__file__)'],
                            cwd=root, env=env, capture_output=True, text=True, check=True).stdout
     assert all(p.startswith(root) for p in where.split()), f'the copy imports another tree: {where}'
@@ -139,18 +143,32 @@ def run_tests(root: str, tests: Tuple[str, ...]) -> dict:
                           env=env, capture_output=True, text=True)
     outcome = {t: 'error' for t in tests}
     for line in proc.stdout.splitlines():
-        found = re.match(r'(PASSED|FAILED|SKIPPED|ERROR) (\S+)', line)
+        found = re.match(r'(PASSED|FAILED|SKIPPED|ERROR) (\S+)(?: - (.*))?', line)
         if found and found.group(2) in outcome:
-            outcome[found.group(2)] = found.group(1).lower()
+            why = (found.group(3) or '').strip()
+            outcome[found.group(2)] = found.group(1).lower() + (f': {why[:70]}' if why else '')
     return outcome
+
+
+def control(tests: Tuple[str, ...]) -> bool:
+    """The named tests pass in an unmutated copy: a failure under a mutation is then the mutation's doing."""
+    with tempfile.TemporaryDirectory(prefix='mutation-control-') as tmp:
+        outcome = run_tests(copy_tree(tmp), tests)
+    broken = {t: o for t, o in outcome.items() if not o.startswith('passed')}
+    for t, o in broken.items():
+        print(f'control: {t} does not pass unmutated ({o})')
+    return not broken
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-k', default='', help='only the mutations whose name contains this')
     p.add_argument('--list', action='store_true', help='print the table and exit')
+    p.add_argument('--no-control', action='store_true', help='skip running the named tests unmutated first')
     args = p.parse_args()
     chosen = [m for m in MUTATIONS if args.k in m.name]
+    if not (args.list or args.no_control or control(tuple(dict.fromkeys(t for m in chosen for t in m.tests)))):
+        return 2
     survived = 0
     print(f'{"mutation":<52} {"result":<10} test')
     for m in chosen:
@@ -163,7 +181,7 @@ def main() -> int:
             apply(root, m)
             outcome = run_tests(root, m.tests)
         for t in m.tests:
-            killed = outcome[t] in ('failed', 'error')
+            killed = outcome[t].startswith(('failed', 'error'))
             survived += not killed
             print(f'{m.name:<52} {"killed" if killed else "SURVIVED":<10} {t} ({outcome[t]})', flush=True)
     if survived:

@@ -107,8 +107,9 @@ def test_a_killed_rank_stops_the_job_with_an_error_naming_it(tmp_path):
 
 def test_a_hanging_rank_stops_the_job_after_dist_timeout_with_exit_status_3(tmp_path):
     """Through the engine: rank 1 hangs in its first forward pass for 200 s; rank 0 scores its videos, waits at
-    most --dist-timeout 3 for rank 1 at the next collective, names the step and the timeout, and exits 3. A job that ends within 150 s was stopped by that timeout (the
-    default, 1800 s, would outlast subprocess.run's timeout, which then fails the test)."""
+    most --dist-timeout 3 for rank 1 at the next collective, names the step and the timeout, and exits 3. A job
+    that ends within 150 s was stopped by that timeout (the default, 1800 s, would outlast subprocess.run's
+    timeout, which then fails the test)."""
     data = write_synthetic_set(str(tmp_path / 'data'), 4)
     out = tmp_path / 'out'
     env = dict(cli_env(), EVAL_TEST_HANG_SECONDS='200')

@@ -68,8 +68,8 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescorin
     reference = uninterrupted
 
     def launch(delay, attempt):
-        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, str(tmp_path / f'killed{attempt}'),
-                                                        '--no-flops')),
+        out = str(tmp_path / f'killed{attempt}')
+        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
                                 cwd=REPO_ROOT, env=cli_env(seconds_per_batch=delay), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     # 2 s per video, then longer if this process was descheduled past the whole run (the reference and resumed
