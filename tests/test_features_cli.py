@@ -3,16 +3,16 @@ refusals. Runs the tiny registered feature model (tests/feature_test_models.py) 
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
+import torch
 
 import feature_test_models  # noqa: F401  (registers the tiny models for in-process runs)
 
 from eval.data.synthetic import write_synthetic_video
+from eval_test_models import kill_mid_run
 from feature_test_models import REPO_ROOT, feature_args, feature_env, python_command, torchrun_command
 
 LENGTHS = (16, 17, 31, 32, 33, 40)      # one synthetic clip per length: c16.mp4 ...
@@ -89,6 +89,26 @@ def test_the_same_run_twice_writes_bit_identical_files(data, reference, tmp_path
     assert output_files(out) == output_files(reference)
 
 
+def test_compile_extracts_through_torch_compile_the_features_of_the_eager_fast_path(data, reference, tmp_path,
+                                                                                    capsys, monkeypatch):
+    calls, real = [], torch.compile
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
+    out = str(tmp_path / 'compiled')
+    try:
+        code, _, err = in_process(feature_args(data, out, '--tail', 'pad', '--compile'), capsys)
+    finally:
+        torch._dynamo.reset()                # no later test runs a graph compiled here
+    assert code == 0, err
+    assert len(calls) == 1
+    for n in LENGTHS:                        # inductor fuses and may reorder sums: float32 rounding
+        np.testing.assert_allclose(np.load(os.path.join(out, f'c{n}.npy')),
+                                   np.load(os.path.join(reference, f'c{n}.npy')), rtol=1e-5, atol=1e-6)
+
+
 def test_two_torchrun_ranks_write_the_files_of_one_process(data, reference, tmp_path):
     out = str(tmp_path / 'two')
     proc = run(feature_args(data, out, '--tail', 'pad'), command=lambda a: torchrun_command(2, a))
@@ -98,17 +118,15 @@ def test_two_torchrun_ranks_write_the_files_of_one_process(data, reference, tmp_
 
 
 def test_killed_run_resumes_to_identical_files_without_redoing_finished_videos(data, reference, tmp_path):
-    out = str(tmp_path / 'killed')
-    args = feature_args(data, out, '--tail', 'pad', model='slow_tiny_feature_net')
-    proc = subprocess.Popen(python_command(args), cwd=REPO_ROOT, env=feature_env(0.3), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not sidecars(out):
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    def args_of(attempt):
+        return feature_args(data, str(tmp_path / f'killed{attempt}'), '--tail', 'pad', model='slow_tiny_feature_net')
+
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(args_of(attempt)), cwd=REPO_ROOT, env=feature_env(delay),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    attempt, _ = kill_mid_run(launch, lambda attempt: len(sidecars(str(tmp_path / f'killed{attempt}'))),
+                              total=len(LENGTHS))
+    out, args = str(tmp_path / f'killed{attempt}'), args_of(attempt)
     finished = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in sidecars(out)}
     assert 1 <= len(finished) < len(LENGTHS), f'the kill came too late or too early: {sorted(finished)}'
     assert not os.path.exists(os.path.join(out, 'index.json'))

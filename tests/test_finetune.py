@@ -1,13 +1,15 @@
 """Fine-tuning (python -m eval.finetune): the recipe's numbers against hand computations, overfitting real
 and synthetic clips, the linear probe, saved weights the zoo loads with their classes, evaluation through
 the engine, refusal of a foreign --out, kill -9 and resume bit for bit, and 2 gloo ranks against 1 process."""
+import contextlib
 import csv
+import json
 import math
 import os
-import signal
+import shutil
 import subprocess
-import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ import zoo
 import eval.finetune.recipe as rc
 from eval.kit.config import model_class_names
 from eval.finetune.state import load_training_state
+from eval_test_models import kill_mid_run
 from finetune_test_models import (REPO_ROOT, cli_env, python_command, real_clips, torchrun_command,
                                   write_training_set)
 
@@ -136,25 +139,49 @@ def test_fp16_on_cpu_and_a_batch_that_does_not_split_are_refused(training_set, t
     assert code == 2 and '--frames 4 / --crop 224: i3d_r50 needs clips of at least 7 frames' in out.err
 
 
+@contextlib.contextmanager
+def convolutions_observed():
+    """Every Conv3d forward of whatever runs inside: how many, and the dtypes of their outputs."""
+    seen = {'calls': 0, 'dtypes': set()}
+
+    def hook(module, args, output):
+        if isinstance(module, nn.Conv3d):
+            seen['calls'] += 1
+            seen['dtypes'].add(output.dtype)
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def test_gradient_checkpointing_and_bf16_through_the_command_line(training_set, tmp_path, capsys):
-    """--grad-checkpointing recomputes the same activations (dropout masks too: checkpoint restores the RNG):
-    the weights equal those of the plain run. --precision bf16 trains (autocast on the CPU): finite losses,
-    the first within 10% of fp32's (bf16 keeps 8 bits: a unit roundoff of 2^-8 ~ 0.4% per rounding, over the
-    tiny network's ~10 layers and the loss), and the head moves. 8 frames: at 4, bf16 on the CPU is refused
-    (the next test)."""
+    """--grad-checkpointing recomputes the convolutions in backward (most run twice per step) and the same
+    activations (dropout masks too: checkpoint restores the RNG): the weights equal those of the plain run.
+    --precision bf16 trains under autocast on the CPU: the convolutions compute in bfloat16, the losses stay
+    finite and within 10% of fp32's (bf16 keeps 8 bits: a unit roundoff of 2^-8 ~ 0.4% per rounding, over the
+    tiny network's ~10 layers and the loss) yet differ from them by far more than float32 rounding, and the
+    head moves. 8 frames: at 4, bf16 on the CPU is refused (the last test)."""
     def run(name, *extra):
-        code, out = finetune(base_args(training_set, tmp_path / name, '--epochs', 1, '--batch-size', 2, '--lr', 0.05,
-                                       '--bn', 'train', '--checkpoint-every', 0, '--frames', 8, *extra), capsys)
+        with convolutions_observed() as seen:
+            code, out = finetune(base_args(training_set, tmp_path / name, '--epochs', 1, '--batch-size', 2, '--lr',
+                                           0.05, '--bn', 'train', '--checkpoint-every', 0, '--frames', 8, *extra),
+                                 capsys)
         assert code == 0, out.err
         return state_dict(tmp_path / name / 'last.pth'), [float(r['loss']) for r in metrics(tmp_path / name)
-                                                           if r['kind'] == 'step']
-    plain, plain_losses = run('plain')
-    checkpointed, checkpointed_losses = run('ckpt', '--grad-checkpointing')
+                                                           if r['kind'] == 'step'], seen
+    plain, plain_losses, plain_seen = run('plain')
+    checkpointed, checkpointed_losses, checkpointed_seen = run('ckpt', '--grad-checkpointing')
+    # all but the stem's convolution, whose only saved input is the clip itself (16 of tiny_i3d's 17)
+    assert plain_seen['calls'] > 0 and checkpointed_seen['calls'] >= 1.75 * plain_seen['calls']
+    assert plain_seen['dtypes'] == {torch.float32}
     assert checkpointed_losses == pytest.approx(plain_losses, rel=1e-6)
     for k in plain:      # the same arithmetic up to the order backward accumulates in (float32 rounding)
         torch.testing.assert_close(checkpointed[k].float(), plain[k].float(), rtol=1e-4, atol=1e-6, msg=k)
-    bf16, bf16_losses = run('bf16', '--precision', 'bf16')
+    bf16, bf16_losses, bf16_seen = run('bf16', '--precision', 'bf16')
+    assert torch.bfloat16 in bf16_seen['dtypes']     # (the bf16 clip check before training runs in float32)
     assert all(math.isfinite(x) for x in bf16_losses) and bf16_losses[0] == pytest.approx(plain_losses[0], rel=0.1)
+    assert abs(bf16_losses[0] - plain_losses[0]) > 1e-4 * plain_losses[0], (bf16_losses[0], plain_losses[0])
     torch.manual_seed(0)
     assert not torch.equal(bf16['fc.weight'], zoo.create_model('tiny_i3d', num_classes=6).fc.weight)
 
@@ -274,6 +301,54 @@ def test_another_recipe_is_refused_on_the_same_out(finished_run, training_set, c
     assert 'lr: this folder has 0.05, this run has 0.1' in out.err
 
 
+def test_defaults_best_checkpoint_test_views_and_bad_training_videos_through_the_engine(training_set, tmp_path,
+                                                                                       capsys):
+    """One run with the recipe's defaults (docs/finetuning.md's table: lr 0.01 with 1 epoch of linear warmup
+    from 0.1x then cosine to 0, weight decay 1e-4 off BN and biases, dropout 0.5 before the head), a listed
+    training video that is missing (left out, counted) and one that fails to decode (replaced, with a warning),
+    --test-checkpoint best and --test-views 1x1.
+
+    Validation uses a class no training video has (the 7th), so nothing raises its top-1 after the first epoch
+    and best.pth is epoch 1 (the first of equals), not the last: the final test of best.pth with the validation's
+    1x1 views must then give exactly epoch 1's validation scores, and not epoch 2's."""
+    list_path, classes_path, classes = training_set
+    root = tmp_path / 'data'
+    shutil.copytree(os.path.dirname(list_path), root)
+    (root / 'broken.mp4').write_bytes(b'not a video' * 100)
+    with open(list_path) as f:
+        lines = f.read().splitlines()
+    (root / 'train.txt').write_text('\n'.join(lines + ['missing_clip 0', 'broken.mp4 1']) + '\n')
+    (root / 'val.txt').write_text(''.join(f'{line.split()[0]} {len(classes)}\n' for line in lines))
+    (root / 'classes7.txt').write_text(''.join(f'{c}\n' for c in classes + ('never_trained',)))
+    out = tmp_path / 'run'
+    dropouts = []
+    hook = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, args: dropouts.append(m.p) if isinstance(m, nn.Dropout) and m.training else None)
+    try:
+        code, output = finetune(['--model', 'tiny_i3d', '--data', root / 'train.txt', '--classes', root / 'classes7.txt',
+                                 '--val-data', root / 'val.txt', '--out', out, '--workers', 0, '--no-progress',
+                                 '--epochs', 2, '--batch-size', 2, '--checkpoint-every', 0,
+                                 '--test-checkpoint', 'best', '--test-views', '1x1'], capsys)
+    finally:
+        hook.remove()
+    assert code == 0, output.err
+    assert '7 videos, 1 missing and left out' in output.out and 'broken.mp4' in output.err
+    # 7 found videos in batches of 2: 3 steps an epoch; the lr of each step by hand from the documented rule
+    lrs = [float(r['lr']) for r in metrics(out) if r['kind'] == 'step']
+    assert lrs == pytest.approx([0.001, 0.004, 0.007, 0.01, 0.0075, 0.0025], rel=1e-6)
+    groups = load_training_state(out / 'checkpoint.pt')['optimizer']['param_groups']
+    assert sorted(g['weight_decay'] for g in groups) == [0.0, 1e-4]
+    assert all(g['momentum'] == 0.9 and g['nesterov'] for g in groups)
+    assert dropouts and set(dropouts) == {0.5}
+    epochs = [r for r in metrics(out) if r['kind'] == 'epoch']
+    assert load_training_state(out / 'checkpoint.pt')['position']['best_epoch'] == 1, epochs
+    test = json.load(open(out / 'test' / 'summary.json'))
+    assert test['views']['spec'] == '1x1' and test['weights']['source'] == str(out / 'best.pth')
+    scores = {name: np.load(out / name / 'scores.npz')['outputs'] for name in ('test', 'val/epoch_001', 'val/epoch_002')}
+    np.testing.assert_array_equal(scores['test'], scores['val/epoch_001'])
+    assert not np.array_equal(scores['test'], scores['val/epoch_002'])
+
+
 # ------------------------------------------------------------------------------------------- durable, distributed
 
 def run_cli(command, env, timeout=240):
@@ -291,18 +366,16 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(training_s
     reference = tmp_path / 'reference'
     run_cli(python_command(args(reference)), cli_env())
 
-    out = tmp_path / 'killed'
-    proc = subprocess.Popen(python_command(args(out)), cwd=REPO_ROOT, env=cli_env(seconds_per_pass=0.3),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / 'checkpoint.pt').exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = load_training_state(out / 'checkpoint.pt')['position']['global_step']
-    assert 1 <= killed_at < 9, f'the kill came too late: {killed_at} steps checkpointed'
+    def launch(delay, attempt):
+        return subprocess.Popen(python_command(args(tmp_path / f'killed{attempt}')), cwd=REPO_ROOT,
+                                env=cli_env(seconds_per_pass=delay), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def steps_checkpointed(attempt):
+        path = tmp_path / f'killed{attempt}' / 'checkpoint.pt'
+        return load_training_state(path)['position']['global_step'] if path.exists() else 0
+    attempt, killed_at = kill_mid_run(launch, steps_checkpointed, total=9)
+    out = tmp_path / f'killed{attempt}'
     assert not (out / 'test').exists()
 
     run_cli(python_command(args(out)), cli_env())

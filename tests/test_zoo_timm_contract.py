@@ -4,6 +4,7 @@ layer-wise LR decay, heads and pools, device/dtype, smallest clips, torch.compil
 timm's own tests/test_models.py also runs over our entries (tests/timm_models/run.py, in CI); the checks of the
 two timm tests that cannot hold for (N, C, T, H, W) maps are restated here on the video axes.
 """
+import collections
 import math
 
 import pytest
@@ -174,12 +175,22 @@ def test_out_indices_pick_taps_and_stop_early_ends_there(name):
 # One of each kind of trunk: plain blocks, grouped non-local blocks with frozen BN, Inception modules.
 @pytest.mark.parametrize('name', ['c2d_r50_8x8', 'i3d_nl_r50_32x4', 'i3d_nl_r50', 'i3d_inception'])
 def test_grad_checkpointing_gives_the_same_gradients_and_running_statistics(name):
+    """Checkpointing is observed (the convolutions of the trunk run twice, in forward and again in backward to
+    recompute what was not kept; once without) and changes no number."""
     x = _trunk_clip(name, batch=2)
     grads, buffers = [], []
     for enable in (False, True):
         model = _seeded(name).train()
         model.set_grad_checkpointing(enable)
+        calls = collections.Counter()
+        for n, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.register_forward_hook(lambda module, args, out, n=n: calls.update([n]))
         model.forward_features(x).square().mean().backward()   # the trunk is what checkpointing changes
+        # Recomputation stops once backward has what it needs: a convolution whose input was the block's input
+        # (the stem's, on the clip) or whose output nothing saved (the last of a non-local block) is not rerun.
+        again = sum(count == 2 for count in calls.values())
+        assert calls and max(calls.values()) <= 2 and (again >= 0.75 * len(calls) if enable else again == 0), calls
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
         buffers.append(dict(model.named_buffers()))
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters())) - 2  # all but fc
