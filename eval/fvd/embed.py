@@ -27,8 +27,9 @@ VALUE_RANGES = {'uint8': (0.0, 255.0), '0-255': (0.0, 255.0), '0-1': (0.0, 1.0),
 
 
 def fvd_batch_size(device: torch.device) -> int:
-    """Clips per forward pass by default: 16x224 clips are small (10 MB each), and on the CPU I3D runs 2.6x
-    faster per clip in passes of 4 than of 1 (benchmarks/fvd-cpu-2core-amd.json); on CUDA the kit's default."""
+    """Clips per forward pass by default: 16x224 clips are small (10 MB each), and on the CPU I3D runs 3.7x
+    faster per clip in passes of 4 than of 1, within 3% of passes of 8 (benchmarks/fvd-cpu-2core-amd.txt); on
+    CUDA the kit's default."""
     return 4 if device.type == 'cpu' else default_batch_size(device)
 
 
