@@ -308,15 +308,16 @@ def _search(folder: str, prefix: str, seen: set) -> List[VideoRecord]:
         entries = _video_entries(folder, with_folders=True)
     except OSError as e:
         return [VideoRecord(prefix.rstrip('/') or folder, None, missing=f'cannot list folder {folder}: {e.strerror or e}')]
-    folders = [e for e in entries if not isinstance(e, VideoRecord) and e.is_dir() and not _is_frame_folder(e.path)]
-    mine = {e.path: os.path.realpath(e.path) for e in folders if not e.is_symlink()}
+    folders = {e.path: e for e in entries
+               if not isinstance(e, VideoRecord) and e.is_dir() and not _is_frame_folder(e.path)}
+    mine = {path: os.path.realpath(path) for path, e in folders.items() if not e.is_symlink()}
     mine = {path: real for path, real in mine.items() if real not in seen}
     seen.update(mine.values())
     records = []
     for entry in entries:
         if isinstance(entry, VideoRecord):
             records.append(dataclasses.replace(entry, video_id=prefix + entry.video_id))
-        elif entry in folders:
+        elif entry.path in folders:
             real = mine.get(entry.path) or os.path.realpath(entry.path)
             if entry.path in mine or real not in seen:
                 seen.add(real)

@@ -17,7 +17,9 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -205,7 +207,6 @@ def _identity(item):
 def embed_share(ctx: DistContext, store: ScoreStore, mine: List[ClipJob], embedder: Embedder, protocol: Protocol,
                 workers: int, batch_size: int, show: bool) -> ShardReport:
     """Embed this rank's clips, appending each batch's embeddings (and failures) to this rank's store file."""
-    import socket
     report = ShardReport(ctx.rank, socket.gethostname(), assigned=len(mine))
     if not mine:
         return report
@@ -397,7 +398,6 @@ def write_result(out: str, protocol: Protocol, embedder: Embedder, outcomes: Dic
            'videos': [{'set': n, 'path': p, 'clip': c} for n, o in outcomes.items() for p, c in o.clips],
            'exit': {'status': code, 'reason': why or 'ok'},
            'run': {'world_size': world_size, 'seconds': round(wall, 2), 'command': command, 'torch': torch.__version__}}
-    import json
     with atomic_write(os.path.join(out, RESULT), 'w', encoding='utf-8') as f:
         json.dump(json_safe(doc), f, indent=1, ensure_ascii=False)
 
