@@ -104,6 +104,9 @@ def test_compile_extracts_through_torch_compile_the_features_of_the_eager_fast_p
         torch._dynamo.reset()                # no later test runs a graph compiled here
     assert code == 0, err
     assert len(calls) == 1
+    for n in LENGTHS:
+        with open(os.path.join(out, f'c{n}.json')) as f:
+            assert json.load(f)['compile'] == {'compiled': True, 'requested': '--compile'}
     for n in LENGTHS:                        # inductor fuses and may reorder sums: float32 rounding
         np.testing.assert_allclose(np.load(os.path.join(out, f'c{n}.npy')),
                                    np.load(os.path.join(reference, f'c{n}.npy')), rtol=1e-5, atol=1e-6)

@@ -37,7 +37,8 @@ def keep_freed_memory() -> bool:
 
     Returns True when the setting is in effect (now or from an earlier call); False on a C library other than
     glibc (macOS, musl: nothing to do or no such control) or when ``ZOO_KEEP_HEAP=0``. Process-wide and
-    not undone; children forked later (data-loader workers) inherit it.
+    not undone here; children forked later (data-loader workers) inherit it unless they call
+    ``release_freed_memory`` (the jobs' decode workers do: eval.kit.runtime.decode_worker_init).
     """
     global _applied
     if _applied:
@@ -51,3 +52,25 @@ def keep_freed_memory() -> bool:
     # mallopt returns 1 on success; set trimming first so that no block is returned between the two calls.
     _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
     return _applied
+
+
+_M_MMAP_MAX_DEFAULT = 65536             # glibc's defaults (malloc.h, mallopt(3))
+_M_TRIM_THRESHOLD_DEFAULT = 128 * 1024
+
+
+def release_freed_memory() -> bool:
+    """Undo ``keep_freed_memory`` in this process (glibc's default trim threshold and mmap count, and the heap
+    trimmed now): for a forked data-loader worker, whose decode buffers have no use for a kept heap. Returns True
+    when done (glibc only)."""
+    global _applied
+    if platform.libc_ver()[0] != 'glibc':
+        return False
+    name = ctypes.util.find_library('c')
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    done = bool(libc.mallopt(_M_MMAP_MAX, _M_MMAP_MAX_DEFAULT)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, _M_TRIM_THRESHOLD_DEFAULT))
+    libc.malloc_trim(0)
+    _applied = False
+    return done

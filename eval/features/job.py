@@ -42,10 +42,14 @@ from eval.features.outputs import (ARRAY_FORMATS, FAILED, FORMAT_VERSION, HDF5, 
                               record_failure, recorded_failure, sha256_bytes, write_hdf5, write_json,
                               write_video_outputs)
 from eval.features.presets import OVERRIDABLE, PRESETS, FeatureSettings, output_stem, resolve_settings
-from eval.features.stream import (FeatureAccumulator, FeatureStream, UnknownLayerError, VideoFailure, VideoJob,
-                             normalisation, prepare_feature_model, resolve_layer, run_chunk, stream_video_checked)
+from eval.features.stream import (FeatureAccumulator, FeatureStream, PooledFeatures, UnknownLayerError, VideoFailure,
+                             VideoJob, feature_compile_problem, normalisation, prepare_feature_model, resolve_layer,
+                             run_chunk, stream_video_checked)
+from eval.data.decode import open_source
+from eval.data.snippets import snippet_count
+from eval.kit.compiling import CompileDecision, compile_record, decide_compile, flop_to_repay, network_flop
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import RunPrecision, job_backend, pin_memory, resolve_device, resolve_precision
+from eval.kit.runtime import RunPrecision, job_backend, loader_options, resolve_device, resolve_precision
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -96,11 +100,12 @@ def model_description(name: str, model: torch.nn.Module, weights: dict, layer: s
 
 
 def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_path: bool = True,
-                 compile: bool = False, precision: Optional[RunPrecision] = None) -> dict:
+                 precision: Optional[RunPrecision] = None) -> dict:
     """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash. The
     precision, and on CUDA whether float32 used TF32 (off CPU there is no such switch: no key); with the JPEG
-    round trip, the ffmpeg that made the JPEGs (version, sha256)."""
-    network = {'fast_path': fast_path, 'compile': compile, 'precision': precision.name if precision else 'fp32'}
+    round trip, the ffmpeg that made the JPEGs (version, sha256). Not whether the network was compiled (decided
+    per attempt by the work left, within ~1e-6 of eager in float32): each sidecar records that."""
+    network = {'fast_path': fast_path, 'precision': precision.name if precision else 'fp32'}
     if precision is not None and precision.tf32 is not None:
         network['tf32'] = precision.tf32
     identity = {'format_version': FORMAT_VERSION, 'model': model_info['name'],
@@ -123,7 +128,7 @@ def snippets_per_forward(settings: FeatureSettings, batch_size: Optional[int], d
 
 def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r50-10crop', *,
             device: Optional[Union[str, torch.device]] = None, batch_size: Optional[int] = None,
-            fast_path: bool = True, compile: bool = False, precision: str = 'fp32', tf32: bool = False,
+            fast_path: bool = True, compile: Optional[bool] = False, precision: str = 'fp32', tf32: bool = False,
             **overrides) -> Tuple[np.ndarray, dict]:
     """Features of one video (file or frame folder) and their description (the sidecar the CLI writes).
     ``precision``/``tf32``: as --precision / --tf32.
@@ -142,16 +147,20 @@ def extract(model: Union[str, torch.nn.Module], path: str, preset: str = 'i3d-r5
     device = resolve_device(device)
     run_precision = resolve_precision(precision, device, tf32=tf32)
     info = model_description(name, model, weights, settings.layer)
-    net = prepare_feature_model(model, settings.layer, device, fast_path, compile, run_precision)
+    per_forward = snippets_per_forward(settings, batch_size, device)
+    decision = decide_compile(compile, device, run_precision.name, unsupported=feature_compile_problem(model, settings.layer))
+    net = prepare_feature_model(model, settings.layer, device, fast_path, run_precision, decision,
+                                per_forward * settings.crops)
     pixels = normalisation(settings, getattr(model, 'pretrained_cfg', None))
     job = VideoJob(0, output_stem(path, 'stem'), path, output_stem(path, settings.naming))
     accumulator, video = FeatureAccumulator(), None
     with job_backend(device, run_precision):
-        for chunk in stream_video_checked(job, settings, snippets_per_forward(settings, batch_size, device)):
+        for chunk in stream_video_checked(job, settings, per_forward):
             video = accumulator.add(chunk, run_chunk(net, chunk, settings, pixels, device)) or video
     array = arrange(video.features, settings)
     sidecar = build_sidecar(video, array, f'{job.stem}.npy', sha256_bytes(array_bytes(array, 'npy')), settings,
-                            run_identity(info, settings, 'npy', fast_path, compile, run_precision), info)
+                            run_identity(info, settings, 'npy', fast_path, run_precision), info)
+    sidecar['compile'] = compile_record(net, decision)
     return array, sidecar
 
 
@@ -226,7 +235,7 @@ class FeatureConfig:
     workers: Optional[int]
     device: Optional[str]
     no_fast_path: bool
-    compile: bool
+    compile: Optional[bool]          # --compile / --no-compile; None: eval.kit.compiling's rule
     max_failed: float
     retry_failed: bool
     no_progress: bool
@@ -301,7 +310,7 @@ def resolve_run(config: FeatureConfig, ctx: DistContext, device: torch.device) -
     problem = clip_size_problem(name, getattr(model, 'pretrained_cfg', None), settings.snippet, settings.crop_size)
     if problem and model_info['layer_module'] is None:       # a stage's output is pooled whatever its size
         raise RunError(f'--snippet {settings.snippet} / --crop-size {settings.crop_size}: {problem}')
-    identity = run_identity(model_info, settings, config.format, not config.no_fast_path, config.compile, precision)
+    identity = run_identity(model_info, settings, config.format, not config.no_fast_path, precision)
     return FeatureRun(settings, jobs, missing, data_desc, name, model, model_info, identity, pixels, precision)
 
 
@@ -354,7 +363,7 @@ def print_header(console: Console, config: FeatureConfig, run: FeatureRun, plan:
                 + (f', {len(run.missing)} missing' if run.missing else ''))
     console.say(f'device   {device}{f" on each of {ctx.world_size} ranks" if ctx.distributed else ""}, '
                 f'{per_forward} snippet(s) x {s.crops} crop(s) per forward, {workers} decode workers'
-                + (', compiled' if config.compile else '') + (', eager' if config.no_fast_path else '')
+                + (', eager' if config.no_fast_path else '')
                 + f', {run.precision.name}' + {True: ', TF32 allowed', False: ', TF32 off', None: ''}[run.precision.tf32])
     if plan.done or plan.failed or plan.retried:
         console.say(f'resume   {len(plan.done)} videos already finished in {config.out} (arrays verified), '
@@ -377,11 +386,14 @@ def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
     run = resolve_run(config, ctx, device)
     open_out(config, run, ctx)
     plan = plan_work(config, run, ctx)
-    workers = config.workers if config.workers is not None else default_workers(ctx.local_world_size)
+    workers = config.workers if config.workers is not None else default_workers(ctx.local_world_size, device)
     per_forward = snippets_per_forward(run.settings, config.batch_size, device)
+    decision = features_compile_decision(config, run, plan, device, per_forward, ctx)
     print_header(console, config, run, plan, device, workers, per_forward, ctx)
+    console.say(decision.line(), flush=True)
     with job_backend(device, run.precision):
-        results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward)
+        results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward, decision,
+                                          console.say)
     gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
     if not ctx.is_main:
         return 0
@@ -389,7 +401,37 @@ def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
         results.update(part_results)
         failures.update(part_failures)
     failures.update(plan.failed)
-    return finish(config, run, plan, results, failures, console, time.time() - started, ctx.world_size)
+    return finish(config, run, plan, results, failures, console, time.time() - started, ctx.world_size, decision)
+
+
+def features_compile_decision(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, device: torch.device,
+                              per_forward: int, ctx: DistContext) -> CompileDecision:
+    """eval.kit.compiling's rule, alike on every rank: the snippets of the videos left (frame counts from the
+    containers, read only until the work is known to repay the start), per rank, each crop one clip."""
+    s = run.settings
+    unsupported = feature_compile_problem(run.model, s.layer)
+    if config.compile is not None or unsupported or not plan.todo:
+        return decide_compile(config.compile, device, run.precision.name, 0.0 if not plan.todo else None, unsupported)
+    per_clip = network_flop(PooledFeatures(run.model, None), (1, 3, s.snippet, s.crop_size, s.crop_size))
+    if per_clip is None:
+        return decide_compile(None, device, run.precision.name, None)
+    enough = flop_to_repay(device, run.precision.name) * ctx.world_size
+    total = 0.0
+    for job in plan.todo:
+        total += per_clip * s.crops * planned_snippets(job.path, s)
+        if total >= enough:
+            break
+    return decide_compile(None, device, run.precision.name, total / ctx.world_size)
+
+
+def planned_snippets(path: str, settings: FeatureSettings) -> int:
+    """Snippets of a video by its container's frame count (0 when it cannot be read: its failure comes later)."""
+    try:
+        frames = open_source(path, fps=settings.fps).num_frames
+        return snippet_count(frames, settings.snippet, settings.stride, settings.tail, settings.align,
+                             settings.lookahead)
+    except Exception:
+        return 0
 
 
 def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict]) -> List[dict]:
@@ -412,7 +454,7 @@ def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], 
 
 
 def finish(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict],
-           console: Console, wall: float, world_size: int) -> int:
+           console: Console, wall: float, world_size: int, decision: Optional[CompileDecision] = None) -> int:
     """The index of the whole run, the last lines, the exit status (the engine's policy)."""
     decode_failed = sum(1 for f in failures.values() if f['kind'] == 'decode')
     refused = sum(1 for f in failures.values() if f['kind'] == 'short')
@@ -426,7 +468,8 @@ def finish(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, results: D
     entries = index_entries(run, plan, results, failures)
     index = {
         'format_version': FORMAT_VERSION, 'preset': run.settings.preset, 'model': run.model_info,
-        'settings': run.settings.identity(), 'network': run.identity['network'], 'counts': counts,
+        'settings': run.settings.identity(), 'network': run.identity['network'],
+        'compile': decision.record() if decision else None, 'counts': counts,
         'videos': entries,
         'failures': [{'id': e['id'], 'path': e['path'], 'status': e['status'], 'reason': e.get('reason', '')}
                      for e in entries if e['status'] in ('failed', 'refused', 'missing')],
@@ -471,17 +514,18 @@ def _identity(item):
 
 
 def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, device: torch.device, mine: List[VideoJob],
-                  workers: int, per_forward: int) -> Tuple[Dict[int, dict], Dict[int, dict]]:
+                  workers: int, per_forward: int, decision: CompileDecision,
+                  say=print) -> Tuple[Dict[int, dict], Dict[int, dict]]:
     """Extract this rank's videos; ({job index: sidecar}, {job index: failure record}), each written as it ends."""
     results: Dict[int, dict] = {}
     failures: Dict[int, dict] = {}
     if not mine:
         return results, failures
-    net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, config.compile,
-                                run.precision)
+    net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, run.precision,
+                                decision, per_forward * run.settings.crops, say)
     stream = FeatureStream(mine, run.settings, per_forward)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(mine)),
-                                         collate_fn=_identity, pin_memory=pin_memory(device))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_identity,
+                                         **loader_options(device, min(workers, len(mine))))
     accumulator = FeatureAccumulator()
     bar = progress_bar(len(mine), 'video', ctx.is_main and not config.no_progress, rank_label(ctx.world_size))
     snippets, start = 0, time.perf_counter()
@@ -496,7 +540,7 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
         snippets += item.rows.shape[0]
         if video is not None:
             results[video.job.index] = write_video_outputs(config.out, video, run.settings, config.format,
-                                                           run.identity, run.model_info)
+                                                           run.identity, run.model_info, compile_record(net, decision))
             bar.update(1)
         bar.set_postfix_str(f'{snippets / max(time.perf_counter() - start, 1e-9):.2f} snippets/s'
                             + (f', failed {len(failures)}' if failures else ''), refresh=False)

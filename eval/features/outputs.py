@@ -116,7 +116,7 @@ def build_sidecar(video: VideoFeatures, array: np.ndarray, array_name: str, arra
         'crops': {'count': len(meta.crops), 'size': settings.crop_size,
                   'order': [c.describe() for c in meta.crops]},
         'snippets': snippets,
-        'network': run_identity['network'],     # fast path, compile, precision; on CUDA whether TF32 was allowed
+        'network': run_identity['network'],     # fast path, precision; on CUDA whether TF32 was allowed
         'identity_sha256': identity_sha256(run_identity),
     }
 
@@ -176,14 +176,17 @@ def output_names(stem: str, fmt: str):
 
 
 def write_video_outputs(out_dir: str, video: VideoFeatures, settings: FeatureSettings, fmt: str,
-                        run_identity: dict, model_info: dict) -> dict:
-    """Array first, sidecar last (the sidecar is what marks the video finished). Returns the sidecar."""
+                        run_identity: dict, model_info: dict, compile_record: Optional[dict] = None) -> dict:
+    """Array first, sidecar last (the sidecar is what marks the video finished). Returns the sidecar;
+    ``compile_record``: whether the network that made it was compiled (eval.kit.compiling)."""
     array = arrange(video.features, settings)
     data = array_bytes(array, fmt)
     array_name, sidecar_name = output_names(video.job.stem, fmt)
     with atomic_write(os.path.join(out_dir, array_name)) as f:
         f.write(data)
     sidecar = build_sidecar(video, array, array_name, sha256_bytes(data), settings, run_identity, model_info)
+    if compile_record is not None:
+        sidecar['compile'] = compile_record
     write_json(os.path.join(out_dir, sidecar_name), sidecar)
     clear_failure(out_dir, video.job.stem)            # an earlier run's failure, tried again and now done
     return sidecar

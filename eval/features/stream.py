@@ -353,21 +353,33 @@ class AutocastFeatures(torch.nn.Module):
             return self.net(x).float()
 
 
+def feature_compile_problem(model: torch.nn.Module, layer: str) -> Optional[str]:
+    """Why this feature network is not compiled (eval.kit.compiling's ``unsupported``), or None: a named layer is
+    read by a forward hook that stops the network, which torch.compile cannot trace."""
+    if resolve_layer(model, layer) is not None:
+        return f'--layer {layer} is read by a forward hook, which torch.compile does not trace'
+    return None
+
+
 def prepare_feature_model(model: torch.nn.Module, layer: str, device: torch.device, fast_path: bool = True,
-                          compile: bool = False, precision: Optional[RunPrecision] = None):
+                          precision: Optional[RunPrecision] = None, decision=None, batch_size: Optional[int] = None,
+                          say=print):
     """The callable that turns a snippet batch into features: the zoo inference fast path (BatchNorm folded,
-    channels_last_3d, inference mode; ``compile``: torch.compile with frozen weights; ``precision`` bf16/fp16:
-    the network's weights and activations cast once, the pooling in float32) around PooledFeatures, or the eager
-    model (under autocast for bf16/fp16). Default fp32."""
+    channels_last_3d, inference mode; ``precision`` bf16/fp16: the network's weights and activations cast once,
+    the pooling in float32) around PooledFeatures, or the eager model (under autocast for bf16/fp16). Default
+    fp32. ``decision`` (eval.kit.compiling.CompileDecision): compiled with a fixed batch of ``batch_size`` clips."""
+    from eval.kit.compiling import compiled_inference
     name = precision.name if precision is not None else 'fp32'
     module_name = resolve_layer(model, layer)
     wrapped = PooledFeatures(model, module_name)
     wrapped.pretrained_cfg = getattr(model, 'pretrained_cfg', None)
     if not fast_path:
         wrapped = wrapped.to(device).eval()
-        return wrapped if name == 'fp32' else AutocastFeatures(wrapped, precision)
-    from zoo.inference import prepare_for_inference
-    return prepare_for_inference(wrapped, device=device, compile=compile, precision=name)
+        net = wrapped if name == 'fp32' else AutocastFeatures(wrapped, precision)
+    else:
+        from zoo.inference import prepare_for_inference
+        net = prepare_for_inference(wrapped, device=device, precision=name)
+    return net if decision is None else compiled_inference(net, decision, device, batch_size, say)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -39,10 +40,11 @@ from eval.kit.distributed import DEFAULT_TIMEOUT_S, DistContext
 from eval.kit.job import RunError, decide_on_main, fail_together, run_job
 from eval.kit.models import load_model
 from eval.kit.engine import run_with_summary
-from eval.kit.flags import add_precision_flags
+from eval.kit.compiling import CompileDecision, compile_module, decide_compile, network_flop
+from eval.kit.flags import WORKERS_HELP, add_compile_flag, add_precision_flags
 from eval.kit.rundir import probe_writable
 from eval.data.pixels import PixelNormalizer
-from eval.kit.runtime import (job_backend, pin_memory, resolve_device, resolve_precision,
+from eval.kit.runtime import (job_backend, loader_options, resolve_device, resolve_precision,
                                to_device)
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
@@ -77,6 +79,7 @@ class FinetuneConfig:
     precision: str
     tf32: bool                       # --tf32: float32 may use TF32 on CUDA (eval.kit.runtime's rule)
     grad_checkpointing: bool
+    compile: Optional[bool]          # --compile / --no-compile; None: eval.kit.compiling's rule
     seed: int
     deterministic: bool
     checkpoint_every: int
@@ -99,6 +102,9 @@ class FinetuneConfig:
         recipe.update(spec=dataclasses.asdict(self.spec), global_batch=self.plan.global_batch,
                       data=os.path.abspath(self.data))
         return recipe
+
+
+TRAINING_RECORD = 'training.json'
 
 
 # ------------------------------------------------------------------------------------------- resolve
@@ -168,9 +174,10 @@ def resolve(args: argparse.Namespace, ctx: DistContext) -> FinetuneConfig:
         classes=tuple(classes), spec=spec, epochs=args.epochs, plan=plan, lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         lr_steps=tuple(args.lr_steps or ()), dropout=args.dropout, bn=bn, freeze_backbone=args.freeze_backbone,
-        precision=args.precision, tf32=args.tf32, grad_checkpointing=args.grad_checkpointing, seed=args.seed,
+        precision=args.precision, tf32=args.tf32, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
+        seed=args.seed,
         deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
-        workers=args.workers if args.workers is not None else default_workers(ctx.local_world_size),
+        workers=args.workers if args.workers is not None else default_workers(ctx.local_world_size, device),
         device=str(device), out=args.out, test_views=args.test_views,
         test_checkpoint=args.test_checkpoint, eval_batch_size=args.eval_batch_size, dist_timeout=args.dist_timeout,
         progress=not args.no_progress)
@@ -264,10 +271,27 @@ class Trainer:
         self.scheduler = rc.make_scheduler(self.optimizer, self.factor)
         self.precision = resolve_precision(config.precision, self.device, training=True, tf32=config.tf32)
         self.scaler = self.precision.make_scaler()
+        self.ddp = self.net
+        self.compile = self.compile_decision(total)
+        self.compile_failed: Optional[str] = None
+        if self.compile.compiled:
+            self.net = compile_module(self.ddp, self.device)
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
         self.normalise = PixelNormalizer.from_cfg(self.model.pretrained_cfg)
         self.position = Position()
         self.log = MetricsLog(config.out, ctx.is_main)
+
+    def compile_decision(self, total_steps: int) -> CompileDecision:
+        """eval.kit.compiling's rule for training: each step's forward and backward (counted as twice the
+        forward) of this rank's clips over the steps of the whole run; the model and its DDP wrapper compiled
+        together (torch.compile of the DDP module: DDP's buckets split the graph)."""
+        config, spec = self.config, self.config.spec
+        flop = None
+        if config.compile is None:
+            forward = network_flop(self.model, (1, 3, spec.num_frames, spec.crop_size, spec.crop_size))
+            if forward is not None:
+                flop = 3 * forward * config.plan.per_rank * config.plan.accum_steps * total_steps
+        return decide_compile(config.compile, self.device, config.precision, flop)
 
     # --------------------------------------------------------------------------------- durable state
     def save(self) -> None:
@@ -307,14 +331,28 @@ class Trainer:
         sampler = RankBatchSampler(self.config.plan, len(self.dataset), self.config.seed, epoch, self.ctx.rank,
                                    start_step)
         # a private generator: creating the loader must not draw from the global one (dropout's)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.config.workers,
-                                           pin_memory=pin_memory(self.device), generator=torch.Generator())
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, generator=torch.Generator(),
+                                           **loader_options(self.device, self.config.workers))
 
     def micro_step(self, clips: torch.Tensor, labels: torch.Tensor, sync: bool) -> Tuple[float, int]:
-        """Forward and backward of one micro-batch; (sum of losses, correct) over its clips."""
+        """Forward and backward of one micro-batch; (sum of losses, correct) over its clips. A compiled network
+        that fails (compiling happens in the first forward and backward) hands over to the eager one, once."""
+        if self.net is self.ddp:
+            return self._micro_step(clips, labels, sync)
+        try:
+            return self._micro_step(clips, labels, sync)
+        except Exception as e:     # inductor's own errors vary by version
+            self.compile_failed = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+            self.console.say(f'compile  failed at run time ({self.compile_failed}); training eagerly from here on',
+                             flush=True)
+            self.net = self.ddp
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._micro_step(clips, labels, sync)
+
+    def _micro_step(self, clips: torch.Tensor, labels: torch.Tensor, sync: bool) -> Tuple[float, int]:
         clips, labels = to_device((clips, labels), self.device)
         x = self.normalise(clips)
-        no_sync = self.net.no_sync if self.ctx.distributed and not sync else contextlib.nullcontext
+        no_sync = self.ddp.no_sync if self.ctx.distributed and not sync else contextlib.nullcontext
         with no_sync():
             with self.precision.autocast():
                 logits = self.net(x)
@@ -377,6 +415,21 @@ class Trainer:
                 self.train_epoch(bar)
                 self.finish_epoch(self.position.epoch - 1)
         self.log.close()
+        self.write_run_record()
+
+    def write_run_record(self) -> None:
+        """training.json (rank 0, rewritten by each attempt): how this attempt trained, whether compiled."""
+        if not self.ctx.is_main:
+            return
+        record = self.compile.record()
+        if self.compile_failed:
+            record.update(compiled=False, fallback=f'compiling failed at run time ({self.compile_failed}); '
+                                                   'trained eagerly')
+        info = {'compile': record, 'precision': self.config.precision, 'device': self.config.device,
+                'grad_checkpointing': self.config.grad_checkpointing, 'world_size': self.ctx.world_size,
+                'global_step': self.position.global_step, 'torch': torch.__version__}
+        with atomic_write(os.path.join(self.config.out, TRAINING_RECORD), 'w') as f:
+            json.dump(info, f, indent=1)
 
     # --------------------------------------------------------------------------------- epoch end
     def finish_epoch(self, epoch: int) -> None:
@@ -426,7 +479,7 @@ class Trainer:
             split=config.split, views=views, checkpoint=checkpoint, batch_size=config.eval_batch_size,
             workers=config.workers, device=config.device, seed=config.seed, max_failed=1.0,
             dist_timeout=config.dist_timeout, out=out, no_flops=True, no_progress=not config.progress, tf32=config.tf32,
-            quiet=quiet, command=f'eval.finetune evaluation of {checkpoint}')
+            compile=config.compile, quiet=quiet, command=f'eval.finetune evaluation of {checkpoint}')
         rng = capture_rng()
         code, summary = run_with_summary(request, self.ctx)     # builds its own model from the file
         restore_rng(rng)
@@ -469,6 +522,7 @@ def describe(config: FinetuneConfig, trainer: Trainer, console: Console) -> None
                 f'{config.weight_decay:g} (none on BN and biases); {config.precision}'
                 f'{", TF32 allowed" if trainer.precision.tf32 else ", TF32 off" if trainer.precision.tf32 is False else ""}'
                 f'{", gradient checkpointing" if config.grad_checkpointing else ""}; out {config.out}')
+    console.say(trainer.compile.line())
 
 
 def train_and_test(args: argparse.Namespace, ctx: DistContext, console: Console) -> int:
@@ -532,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument('--freeze-backbone', action='store_true', help='train the new head only (linear probe)')
     add_precision_flags(o, 'fp32, bf16 (CPU or GPU autocast) or fp16 (GPU, with a loss scaler)')
     o.add_argument('--grad-checkpointing', action='store_true', help='recompute activations in backward')
+    add_compile_flag(o, 'the training step, forward and backward, and validation and test')
     o.add_argument('--seed', type=int, default=0)
     o.add_argument('--deterministic', action='store_true', help='deterministic algorithms (bit-exact resume on CPU)')
     r = p.add_argument_group('run')
@@ -539,8 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 'test/; the same command resumes it')
     r.add_argument('--checkpoint-every', type=int, default=500, help='optimizer steps between checkpoints (0: '
                                                                       'epoch ends only; default 500)')
-    r.add_argument('--workers', type=int, help='DataLoader processes per rank (default: its CPUs - 1, at most 4; '
-                                               '0: in-process); the clips do not depend on it')
+    r.add_argument('--workers', type=int, help=WORKERS_HELP + '; the clips do not depend on it')
     r.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; torchrun: cuda:LOCAL_RANK)')
     r.add_argument('--test-views', help='SxT views of the final test (default: the model\'s published test)')
     r.add_argument('--test-checkpoint', choices=('last', 'best'), default='last',

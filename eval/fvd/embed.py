@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from eval.kit.compiling import CompileDecision, compiled_inference, decide_compile
 from eval.kit.config import default_batch_size
 from eval.kit.models import load_model, weights_fingerprint
 from eval.kit.runtime import job_backend, resolve_device, resolve_precision, to_device
@@ -58,12 +59,22 @@ class Embedder:
             self.weights = {'kind': 'given', 'source': None}
         model.eval()
         self.state_dict_sha256 = weights_fingerprint(model)
-        self.fast_path, self.compiled = fast_path, compile
+        self.fast_path, self.compiled = fast_path, False
+        self.model = model
         if fast_path:
             from zoo.inference import prepare_for_inference
-            self.net = prepare_for_inference(model, device=self.device, precision=precision, compile=compile)
+            self.net = prepare_for_inference(model, device=self.device, precision=precision)
         else:
             self.net = model.to(self.device)
+        self.compile_decision = None
+        if compile:
+            self.set_compile(decide_compile(True, self.device, self.precision.name))
+
+    def set_compile(self, decision: CompileDecision, say=print) -> None:
+        """Compile the network when ``decision`` says so (eval.kit.compiling), at this embedder's fixed batch."""
+        self.compile_decision = decision
+        self.net = compiled_inference(self.net, decision, self.device, self.batch_size, say)
+        self.compiled = decision.compiled
 
     def describe(self) -> str:
         """The network in a citation line: the FVD network in words, anything else by what it is."""

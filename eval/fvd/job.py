@@ -30,6 +30,7 @@ import torch
 
 from converters.file_io import atomic_write
 from eval.data.records import DataNotFound, VideoRecord, find_videos
+from eval.kit.compiling import CompileDecision, compile_record, decide_compile, network_flop
 from eval.kit.config import DEFAULT_MAX_FAILED, default_workers
 from eval.kit.console import RULE, Console, progress_bar, rank_label
 from eval.kit.distributed import DistContext
@@ -38,7 +39,7 @@ from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, 
 from eval.kit.meter import softmax
 from eval.kit.report import json_safe
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import PRECISION_NAMES, pin_memory, resolve_device
+from eval.kit.runtime import PRECISION_NAMES, loader_options, resolve_device
 from eval.kit.shards import ShardReport, collect_on_main, plan_work
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo
 from eval.fvd.clips import SETS, Clip, ClipJob, ClipStream, batches, sample_videos
@@ -213,7 +214,7 @@ def embed_share(ctx: DistContext, store: ScoreStore, mine: List[ClipJob], embedd
     writer = store.open_writer(ctx.rank)
     report.store_file = writer.path
     loader = torch.utils.data.DataLoader(ClipStream(mine, protocol), batch_size=None, collate_fn=_identity,
-                                         num_workers=min(workers, len(mine)), pin_memory=pin_memory(embedder.device))
+                                         **loader_options(embedder.device, min(workers, len(mine))))
     bar = progress_bar(len(mine), 'video', show, rank_label(ctx.world_size))
     start = time.perf_counter()
     try:
@@ -269,6 +270,16 @@ def set_outcome(vs: VideoSet, stored: Dict[str, StoredVideo], protocol: Protocol
 
 # ---------------------------------------------------------------------------------------- the run
 
+def fvd_compile_decision(requested, embedder: Embedder, protocol, plan, ctx: DistContext) -> CompileDecision:
+    """eval.kit.compiling's rule, alike on every rank: one forward per clip left, the largest rank's share."""
+    flop = None
+    if requested is None:
+        frames = protocol.frames or 16
+        per_clip = network_flop(embedder.model, (1, 3, frames, 224, 224))
+        flop = None if per_clip is None else per_clip * -(-len(plan.todo) // ctx.world_size)
+    return decide_compile(requested, embedder.device, embedder.precision.name, flop)
+
+
 def _run(args, command: str, ctx: DistContext, console: Console) -> int:
     started = time.time()
     protocol = resolve_args(args)
@@ -279,7 +290,7 @@ def _run(args, command: str, ctx: DistContext, console: Console) -> int:
     try:
         device = resolve_device(args.device, ctx)          # under torchrun: this rank's GPU
         embedder = Embedder(args.model or FVD_MODEL, device=device, precision=args.precision,
-                            fast_path=not args.no_fast_path, compile=args.compile, checkpoint=args.checkpoint,
+                            fast_path=not args.no_fast_path, checkpoint=args.checkpoint,
                             weights_file=args.weights_file, random_weights=args.random_weights, seed=args.seed,
                             batch_size=args.batch_size)
     except ValueError as e:
@@ -292,8 +303,11 @@ def _run(args, command: str, ctx: DistContext, console: Console) -> int:
     store = ScoreStore(out)
     plan = plan_work(ctx, store, records, args.retry_failed)
     batch_size = embedder.batch_size
-    workers = args.workers if args.workers is not None else default_workers(ctx.local_world_size)
+    workers = args.workers if args.workers is not None else default_workers(ctx.local_world_size, embedder.device)
+    if embedder.compile_decision is None:
+        embedder.set_compile(fvd_compile_decision(args.compile, embedder, protocol, plan, ctx), console.say)
     print_header(console, protocol, embedder, sets, plan, out, batch_size, workers)
+    console.say(embedder.compile_decision.line(), flush=True)
     report = embed_share(ctx, store, [jobs[i] for i in plan.mine], embedder, protocol, workers, batch_size,
                          ctx.is_main and not args.no_progress)
     collected = collect_on_main(ctx, store, plan.keys, report)
@@ -311,7 +325,7 @@ def print_header(console: Console, protocol: Protocol, embedder: Embedder, sets:
     console.say('=' * 100)
     console.say(f'protocol {protocol.describe(embedder.describe())}')
     console.say(f'network  {embedder.name} ({weights["kind"]} weights), {embedder.precision.name}, '
-                f'{"fast path" if embedder.fast_path else "eager"}{", compiled" if embedder.compiled else ""}, '
+                f'{"fast path" if embedder.fast_path else "eager"}, '
                 f'device {embedder.device}, {batch_size} clip(s) per forward, {workers} decode workers')
     for name, vs in sets.items():
         extra = '' if vs.stats is not None or len(vs.jobs) == vs.found else f', {len(vs.jobs) + len(vs.missing)} drawn'
@@ -394,7 +408,8 @@ def write_result(out: str, protocol: Protocol, embedder: Embedder, outcomes: Dic
                                                  'imaginary_dropped': result.distance.imaginary,
                                                  'min_eigenvalues': list(result.distance.min_eigenvalues)},
            'protocol': {'name': protocol.name, **protocol.identity(), 'sources': list(protocol.sources)},
-           'network': embedder.identity(), 'counts': counts, 'stats_files': paths, 'failures': failures,
+           'network': embedder.identity(), 'compile': compile_record(embedder.net, embedder.compile_decision)
+           if embedder.compile_decision else None, 'counts': counts, 'stats_files': paths, 'failures': failures,
            'videos': [{'set': n, 'path': p, 'clip': c} for n, o in outcomes.items() for p, c in o.clips],
            'exit': {'status': code, 'reason': why or 'ok'},
            'run': {'world_size': world_size, 'seconds': round(wall, 2), 'command': command, 'torch': torch.__version__}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -50,7 +50,7 @@ class RunRequest:
     precision: str = 'fp32'
     tf32: bool = False
     no_fast_path: bool = False
-    compile: bool = False
+    compile: Optional[bool] = None      # --compile / --no-compile; None: eval.kit.compiling's rule
     seed: int = 0
     retry_failed: bool = False
     max_failed: float = DEFAULT_MAX_FAILED
@@ -89,7 +89,7 @@ class RunConfig:
     channel_order: str
     precision: str
     fast_path: bool
-    compile: bool
+    compile: Optional[bool]                  # as requested; the decision: eval.kit.compiling, per run
     batch_size: int
     workers: int
     device: str
@@ -165,9 +165,22 @@ def default_batch_size(device: torch.device) -> int:
     return 8 if device.type == 'cuda' else 2      # on CPU a bigger batch only costs memory
 
 
-def default_workers(local_world_size: int) -> int:
-    """Decode processes per rank: the rank's share of the CPUs minus the one running the model, at most 4."""
-    return min(4, max(0, usable_cpus() // local_world_size - 1))
+# On the CPU the network's intra-op threads already use every core, so a decode process competes with it: measured
+# on a 2-core AMD EPYC (issue 23), one worker bought no speed for feature extraction (467 s vs 463 s, 28,800 frames)
+# and cost 0.5-1.1 GB; scoring's decoding is ~5-10% of the network's time per Kinetics video. From this many CPUs per
+# rank a core given to decoding costs the network less than intra-op scaling loses there (not measured here).
+CPU_WORKER_MIN_CPUS = 8
+
+
+def default_workers(local_world_size: int, device: Union[str, torch.device, None] = None) -> int:
+    """Decode processes per rank. With the network on a GPU: the rank's share of the CPUs minus the one feeding the
+    GPU, at most 4 (decoding is then the CPU's whole job). With the network on the CPU: in-process (0) below
+    CPU_WORKER_MIN_CPUS CPUs per rank, where a worker only takes cores from the network; above it one worker per
+    8 CPUs, at most 2."""
+    cpus = usable_cpus() // max(1, local_world_size)
+    if device is not None and torch.device(device).type != 'cpu':
+        return min(4, max(0, cpus - 1))
+    return 0 if cpus < CPU_WORKER_MIN_CPUS else min(2, cpus // CPU_WORKER_MIN_CPUS)
 
 
 def default_out_dir(model_name: str, spec: ViewSpec, stamp: str) -> str:
@@ -204,7 +217,7 @@ def resolve_config(request: RunRequest, model_name: str, model: torch.nn.Module,
         tf32=resolve_precision(request.precision, device, tf32=request.tf32).tf32,
         compile=request.compile,
         batch_size=request.batch_size or default_batch_size(device),
-        workers=request.workers if request.workers is not None else default_workers(local_world_size),
+        workers=request.workers if request.workers is not None else default_workers(local_world_size, device),
         device=str(device), out_dir=request.out or default_out_dir(model_name, spec, stamp), stamp=stamp)
 
 

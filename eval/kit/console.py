@@ -77,7 +77,7 @@ def _resume_line(config, plan) -> str:
             + f'); {len(plan.todo)} to score')
 
 
-def print_header(console: Console, config, prepared, notes: List[str], ctx) -> None:
+def print_header(console: Console, config, prepared, notes: List[str], ctx, decision=None) -> None:
     """Model, views, input, data, device (and resume state) before any work."""
     say, records = console.say, prepared.records
     say('=' * 100)
@@ -92,7 +92,9 @@ def print_header(console: Console, config, prepared, notes: List[str], ctx) -> N
         + (f', {sum(r.path is None for r in records)} missing' if any(r.path is None for r in records) else ''))
     say(f'device   {config.device}{f" on each of {ctx.world_size} ranks" if ctx.distributed else ""}, '
         f'batch {config.batch_size} views, {config.workers} loader workers, {config.precision}'
-        f'{", fast path" if config.fast_path else ", eager model"}{", compiled" if config.compile else ""}')
+        f'{", fast path" if config.fast_path else ", eager model"}')
+    if decision is not None:
+        say(decision.line())
     if prepared.plan.done:
         say(_resume_line(config, prepared.plan))
     if not config.weights['trained']:

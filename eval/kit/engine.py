@@ -34,7 +34,8 @@ from eval.kit.models import load_model, weights_fingerprint
 from eval.kit.rundir import check_free_space, probe_writable
 from eval.kit.shards import (Plan, ShardReport, build_manifest, collect_on_main, describe_store_counts, plan_work,
                              result_from_store, score_shard)
-from eval.kit.loop import EvalResult
+from eval.kit.compiling import CompileDecision
+from eval.kit.loop import EvalResult, scoring_compile_decision
 from eval.kit.runtime import resolve_device
 from eval.kit.store import ScoreStore, check_run_dir
 
@@ -138,7 +139,7 @@ def manifest_of(config: RunConfig, model: torch.nn.Module, records: List[VideoRe
         num_classes=config.num_classes, precision=config.precision, fast_path=config.fast_path,
         info={'created': config.stamp, 'torch': torch.__version__, 'benchmark': request.benchmark,
               'data': request.data, 'annotations': request.annotations, 'split': request.split,
-              'max_videos': request.max_videos, 'compile': config.compile})
+              'max_videos': request.max_videos})
 
 
 def open_run_dir(config: RunConfig, model: torch.nn.Module, records: List[VideoRecord], ctx: DistContext) -> None:
@@ -172,11 +173,18 @@ def flop_summary(config: RunConfig, model: torch.nn.Module) -> dict:
             'view_shape': [3, spec.num_frames, spec.crop_size, spec.crop_size], 'counter': 'fvcore (1 MAC = 1 flop)'}
 
 
-def score(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: DistContext) -> ShardReport:
+def compile_decision(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: DistContext) -> CompileDecision:
+    """eval.kit.compiling's rule, once for every rank alike: the work of the largest rank's share."""
+    per_rank = -(-len(prepared.plan.todo) // ctx.world_size)
+    return scoring_compile_decision(model, config, per_rank)
+
+
+def score(config: RunConfig, model: torch.nn.Module, prepared: Prepared, ctx: DistContext,
+          decision: CompileDecision, console: Console) -> ShardReport:
     """Phase 3: this rank's share of the videos, each appended to the store as it finishes."""
     return score_shard(ctx, prepared.store, prepared.plan, model, prepared.records, config,
                        progress=ctx.is_main and not (config.request.no_progress or config.request.quiet),
-                       progress_desc=rank_label(ctx.world_size))
+                       progress_desc=rank_label(ctx.world_size), compile_decision=decision, say=console.say)
 
 
 def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
@@ -187,7 +195,8 @@ def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
 # ------------------------------------------------------------------------------------------- outputs
 
 def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, reports: List[ShardReport],
-                  torn: int, stored: dict, flops: Optional[dict], world_size: int) -> dict:
+                  torn: int, stored: dict, flops: Optional[dict], world_size: int,
+                  decision: Optional[CompileDecision] = None) -> dict:
     request, spec, plan = config.request, config.spec, prepared.plan
     counts = dict(result.counts(), annotated_total=prepared.annotated)
     wall = max(r.seconds for r in reports)
@@ -208,7 +217,7 @@ def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, rep
         'metrics_over_annotated_note': 'Caffe2 accounting: every annotated video counts, unscored ones as wrong',
         'flops': {k: v for k, v in flops.items() if k != 'table'} if flops else None,
         'device': config.device, 'precision': config.precision, 'tf32': config.tf32, 'fast_path': config.fast_path,
-        'compile': config.compile,
+        'compile': decision.record() if decision else None,
         'run': {'world_size': world_size, 'videos_from_earlier_runs': len(plan.done) - plan.retried_failed,
                 'scored_this_run': sum(r.scored for r in reports), 'failed_this_run': sum(r.failed for r in reports),
                 'retried_failed': plan.retried_failed, 'torn_bytes_ignored': torn,
@@ -221,12 +230,12 @@ def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, rep
 
 
 def finish(config: RunConfig, prepared: Prepared, gathered, flops: Optional[dict], ctx: DistContext,
-           console: Console, started: float) -> Tuple[int, dict]:
+           console: Console, started: float, decision: Optional[CompileDecision] = None) -> Tuple[int, dict]:
     """Phases 5 and 6 on rank 0: the result rebuilt from the store, the files, the console summary; (exit
     status, summary)."""
     stored, reports, torn = gathered
     result = result_from_store(prepared.records, prepared.plan.keys, stored, config)
-    summary = build_summary(config, prepared, result, reports, torn, stored, flops, ctx.world_size)
+    summary = build_summary(config, prepared, result, reports, torn, stored, flops, ctx.world_size, decision)
     paths = write_run(config.out_dir, result, config.class_names, summary)
     print_outcome(console, config, prepared, result, summary, paths, started)
     code, why = summary['exit']['status'], summary['exit']['reason']
@@ -241,14 +250,15 @@ def run_phases(request: RunRequest, ctx: DistContext, console: Console) -> Tuple
     started = time.time()
     config, model, notes = resolve(request, ctx)
     prepared = prepare(config, model, ctx)
-    print_header(console, config, prepared, notes, ctx)
+    decision = compile_decision(config, model, prepared, ctx)
+    print_header(console, config, prepared, notes, ctx, decision)
     flops = flop_summary(config, model) if not request.no_flops and ctx.is_main else None
     console.section(flops['table'] if flops else None)
-    report = score(config, model, prepared, ctx)
+    report = score(config, model, prepared, ctx, decision, console)
     gathered = gather(ctx, prepared, report)
     if not ctx.is_main:
         return 0, None
-    return finish(config, prepared, gathered, flops, ctx, console, started)
+    return finish(config, prepared, gathered, flops, ctx, console, started, decision)
 
 
 def run_with_summary(request: RunRequest, ctx: Optional[DistContext] = None,

@@ -12,6 +12,11 @@ TF32_HELP = ('on CUDA, let float32 convolutions and matmuls use TF32 (faster on 
              'No effect on the CPU')
 
 
+WORKERS_HELP = ('DataLoader decode processes per rank (default, eval.kit.config.default_workers: on a GPU its CPUs - 1, '
+                'at most 4; on the CPU 0 = in-process below 8 CPUs per rank, where a worker only takes cores from '
+                'the network)')
+
+
 def add_model_flags(p: argparse.ArgumentParser,
                     model_help: str = 'a name from zoo.list_models() (default: i3d_r50; demo: see eval.data.demo)') -> None:
     p.add_argument('--model', help=model_help)
@@ -24,14 +29,11 @@ def add_model_flags(p: argparse.ArgumentParser,
 
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
     """Where and how a job over many videos runs, how it treats failures: every engine job has these."""
-    p.add_argument('--workers', type=int,
-                   help='DataLoader decode processes per rank (default: its CPUs - 1, at most 4; 0: in-process)')
+    p.add_argument('--workers', type=int, help=WORKERS_HELP)
     p.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda when present; under torchrun cuda:LOCAL_RANK)')
     p.add_argument('--no-fast-path', action='store_true',
                    help='run the plain eager model instead of the BN-folded channels_last_3d copy')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile the model (inductor, weights frozen: a slow start, then faster; float32 '
-                        'results within ~1e-6 of the eager model)')
+    add_compile_flag(p, 'the network')
     p.add_argument('--max-failed', type=float, default=DEFAULT_MAX_FAILED,
                    help=f'fraction of found videos that may fail to decode before the exit status is 1 (default '
                         f'{DEFAULT_MAX_FAILED:g}; 1 accepts anything). Missing videos are counted apart.')
@@ -41,6 +43,14 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
                    help=f'seconds a rank waits for the others at a synchronisation point before the job stops '
                         f'(default {DEFAULT_TIMEOUT_S:g})')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def add_compile_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """--compile / --no-compile over eval.kit.compiling's rule, the same in every job."""
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help=f'torch.compile {what} (inductor; a start of seconds, then 1.2-1.4x faster on the CPU; '
+                        'float32 within ~1e-6 of eager). Default: compiled when the run plans enough work to repay '
+                        'the start (eval.kit.compiling), else eager; without a C++ compiler, eager with one line')
 
 
 def add_precision_flags(p: argparse.ArgumentParser, precision_help: str) -> None:

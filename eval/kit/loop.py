@@ -16,13 +16,14 @@ from typing import Callable, ContextManager, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 
+from eval.kit.compiling import CompileDecision, compiled_inference, decide_compile, network_flop
 from eval.kit.console import progress_bar
 from eval.data.crops import cut, mirrored_frames
 from eval.data.pixels import PixelNormalizer
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
-from eval.kit.runtime import job_backend, pin_memory, resolve_precision, to_device
+from eval.kit.runtime import job_backend, loader_options, resolve_precision, to_device
 
 
 def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> Iterator[Tuple[int, torch.Tensor]]:
@@ -60,18 +61,29 @@ class VideoOutcome:
     reason: str = ''
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = 'fp32', fast_path: bool = True,
-                  compile: bool = False) -> torch.nn.Module:
-    """The module the runner calls: the zoo fast path (exact in fp32; reduced precision casts its weights), or
-    the plain eager model (reduced precision: the runner's autocast)."""
+def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = 'fp32',
+                  fast_path: bool = True) -> torch.nn.Module:
+    """The eager module the runner calls: the zoo fast path (exact in fp32; reduced precision casts its weights),
+    or the plain eager model (reduced precision: the runner's autocast). Compiling it is eval.kit.compiling's."""
     resolve_precision(precision, device)
     from zoo.inference import InferenceModel, prepare_for_inference
     if not fast_path:
-        model = model.to(device).eval()
-        return torch.compile(model) if compile else model
+        return model.to(device).eval()
     if isinstance(model, InferenceModel):
         return model.to(device)
-    return prepare_for_inference(model, precision=precision, compile=compile, device=device)
+    return prepare_for_inference(model, precision=precision, device=device)
+
+
+def scoring_compile_decision(model: torch.nn.Module, config, videos: int) -> CompileDecision:
+    """eval.kit.compiling's rule for a scoring run of ``videos`` videos on this rank: every view one forward of
+    the run's clip geometry and head (FLOPs counted on the meta device)."""
+    spec = config.spec
+    flop = None
+    if config.compile is None:
+        per_view = network_flop(model, (1, 3, spec.num_frames, spec.crop_size, spec.crop_size),
+                                **({'fully_conv': True} if config.fully_conv else {}))
+        flop = None if per_view is None else per_view * spec.num_views * videos
+    return decide_compile(config.compile, torch.device(config.device), config.precision, flop)
 
 
 @dataclass
@@ -85,6 +97,7 @@ class EvalResult:
     fully_conv: bool = False
     precision: str = 'fp32'
     fast_path: bool = True
+    compile: Optional[dict] = None       # eval.kit.compiling.CompileDecision.record()
 
     @property
     def scored(self) -> np.ndarray:
@@ -148,14 +161,17 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
              indices: Optional[Sequence[int]] = None,
              on_results: Optional[Callable[[List[VideoOutcome]], None]] = None,
              progress: bool = False, progress_desc: Optional[str] = None,
-             dataset: Optional[torch.utils.data.Dataset] = None) -> EvalResult:
+             dataset: Optional[torch.utils.data.Dataset] = None,
+             compile_decision: Optional[CompileDecision] = None,
+             say: Callable[[str], None] = print) -> EvalResult:
     """Score every record (or only those at ``indices``) with the views of ``config``, the run's resolved
     eval.kit.config.RunConfig (views, batch, workers, device, precision, head, classes, normalisation, fps:
     decided there, never here; ``library_config`` makes one from Python). Missing or unreadable videos end up
     in ``failures``. Views of consecutive videos share a batch of up to ``config.batch_size`` views.
     ``on_results`` receives each group of videos as they finish (after every forward pass that completes
     one, and at once for a failure), so a caller can store them durably while the run goes on. ``dataset``
-    replaces the decoding (benchmarks time the loop with it).
+    replaces the decoding (benchmarks time the loop with it). ``compile_decision``: the run's (the engine decides
+    it once for all ranks), else eval.kit.compiling's rule for the videos of this call; ``say`` prints its lines.
     """
     spec, device = config.spec, torch.device(config.device)
     run_precision = resolve_precision(config.precision, device, tf32=bool(config.tf32))
@@ -163,14 +179,16 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.workers,
-                                         collate_fn=_identity, pin_memory=pin_memory(device))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_identity,
+                                         **loader_options(device, config.workers))
     meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.aggregation)
     normalise = PixelNormalizer(config.mean, config.std, config.channel_order)
     call_kwargs = {'fully_conv': True} if config.fully_conv else {}
-    net = prepare_model(model, device, config.precision, config.fast_path, config.compile)
+    decision = compile_decision or scoring_compile_decision(model, config, len(dataset))
+    net = compiled_inference(prepare_model(model, device, config.precision, config.fast_path), decision, device,
+                             config.batch_size, say)
     result = EvalResult(records, spec, meter, device=str(device), fully_conv=config.fully_conv,
-                        precision=config.precision, fast_path=config.fast_path)
+                        precision=config.precision, fast_path=config.fast_path, compile=decision.record())
     report = on_results or (lambda outcomes: None)
     batcher = ViewBatcher(net, call_kwargs, normalise, meter, records, report, config.batch_size, device,
                           run_precision.autocast if not config.fast_path else contextlib.nullcontext)

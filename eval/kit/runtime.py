@@ -154,6 +154,21 @@ def pin_memory(device: torch.device) -> bool:
     return torch.device(device).type == 'cuda'
 
 
+def decode_worker_init(worker_id: int) -> None:
+    """Every job's DataLoader ``worker_init_fn``: a forked decode worker gives up the kept heap it inherits from the
+    job (zoo.heap: large buffers reused, never returned, for the network's activations), which in a worker only
+    holds on to the peak of its frame buffers (measured in benchmarks/jobs-*.txt: the per-worker memory)."""
+    from zoo.heap import release_freed_memory
+    release_freed_memory()
+
+
+def loader_options(device: torch.device, workers: int) -> dict:
+    """The DataLoader arguments every job's decoding shares: its worker count, pinned batches on CUDA, and each
+    worker's start (``decode_worker_init``)."""
+    return {'num_workers': workers, 'pin_memory': pin_memory(device),
+            'worker_init_fn': decode_worker_init if workers else None}
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """A loader's tensor (or a tuple / list of them) on ``device``: on CUDA a non-blocking copy from pinned
     memory (the uint8 pixels, 4x less than float; normalised on the device); on the CPU the tensors

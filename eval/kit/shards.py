@@ -97,7 +97,7 @@ def plan_work(ctx: DistContext, store: ScoreStore, records: Sequence[VideoRecord
 
 
 def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records, config, progress: bool = False,
-                progress_desc: Optional[str] = None) -> ShardReport:
+                progress_desc: Optional[str] = None, compile_decision=None, say=print) -> ShardReport:
     """Score this rank's share, appending every finished video to this rank's store file as it finishes.
     ``config``: the run's eval.kit.config.RunConfig."""
     report = ShardReport(ctx.rank, socket.gethostname(), assigned=len(plan.mine))
@@ -118,7 +118,7 @@ def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records,
     start = time.perf_counter()
     try:
         evaluate(model, records, config, indices=plan.mine, on_results=store_outcomes, progress=progress,
-                 progress_desc=progress_desc)
+                 progress_desc=progress_desc, compile_decision=compile_decision, say=say)
     finally:
         writer.close()
     report.seconds = time.perf_counter() - start

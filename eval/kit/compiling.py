@@ -1,0 +1,214 @@
+"""Whether a job runs its network through torch.compile: one rule for scoring, features, FVD and fine-tuning.
+
+    decision = decide_compile(args.compile, device, precision, planned_flop)   # --compile / --no-compile / None
+    net = compiled_inference(eager_net, decision, batch_size, console.say)    # the fast path, or it compiled
+
+The rule (``decide_compile``): compiled when the run plans enough network work to repay the compile start,
+eager below it; ``--compile`` / ``--no-compile`` override. The work is counted in FLOPs on the meta device
+(``network_flop``: no computation, a fraction of a second) and turned into the seconds the eager network would
+take at a conservative rate per CPU thread (``EAGER_FLOP_PER_S``); the threshold (``REPAY_SECONDS``) is about
+three times the compile start it has to repay. Measured on a 2-core AMD EPYC (torch 2.15, i3d_r50; issue 23,
+benchmarks/bench_network.py, benchmarks/jobs-*.txt): the compile start is 5-17 s (the first shape; the inductor
+cache makes a second run start faster) and compiled fp32 runs 1.24-1.40x faster than the eager fast path, so a
+run repays the start after 20-70 s of eager network time. The embedded demo (2 clips, 3x10 views, ~5 TFLOP: ~30 s
+eager) stays eager; a Kinetics validation run compiles.
+
+Where the machine cannot compile (no C++ compiler for the CPU, no Triton for CUDA, another device) the job says so
+in one line and runs the eager fast path; if compiling fails at run time the network falls back to the eager
+fast path with one line, and the job goes on. Shapes are fixed: ``compiled_inference`` pads a smaller last batch
+to the run's batch size (``dynamic=False``: one graph), so no video triggers a recompile. The inductor cache lives
+beside the zoo's weight cache (``inductor_cache_dir``), so a second run on the machine starts in seconds.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+# Eager fast-path rate assumed per CPU thread (FLOP/s, 2 per multiply-add), low on purpose: measured 70-80 GFLOP/s
+# per thread in fp32 and about twice that in bf16 on the 2-core AMD EPYC (68-74% of its 210-226 GFLOP/s fp32
+# peak). On CUDA a single rate per GPU (no measurement here: an H200's eager bf16/fp32 order of magnitude).
+EAGER_FLOP_PER_S = {('cpu', 'fp32'): 70e9, ('cpu', 'bf16'): 140e9, ('cpu', 'fp16'): 70e9,
+                    ('cuda', 'fp32'): 40e12, ('cuda', 'bf16'): 150e12, ('cuda', 'fp16'): 150e12}
+# Planned eager network seconds above which the compile start is repaid about three times over: CPU start 5-17 s
+# and 20-30% saved per pass (measured above); CUDA start 30-90 s for inductor's default mode (not measured here:
+# no GPU was lent; the device check script times it).
+REPAY_SECONDS = {'cpu': 120.0, 'cuda': 900.0}
+CUDA_MODE = 'default'     # 'max-autotune' costs minutes of start; not measured on a GPU yet
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """Whether the network is compiled, and the one line that says why (printed and recorded)."""
+    compiled: bool
+    reason: str
+    requested: Optional[bool] = None          # --compile True, --no-compile False, the rule None
+    planned_flop: Optional[float] = None
+
+    def record(self) -> dict:
+        return {'compiled': self.compiled, 'reason': self.reason,
+                'requested': {True: '--compile', False: '--no-compile', None: 'auto'}[self.requested],
+                'planned_tflop': None if self.planned_flop is None else round(self.planned_flop / 1e12, 3)}
+
+    def line(self) -> str:
+        return f'compile  {"yes" if self.compiled else "no"}: {self.reason}'
+
+
+def compiler_problem(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run on ``device`` here, or None. Checked without compiling anything: the CPU
+    backend needs a C++ compiler (inductor's search: $CXX, else g++), CUDA needs Triton."""
+    device = torch.device(device)
+    if device.type == 'cpu':
+        import torch._inductor.config as inductor_config
+        names = inductor_config.cpp.cxx if isinstance(inductor_config.cpp.cxx, (list, tuple)) \
+            else (inductor_config.cpp.cxx,)
+        names = [n for n in names if n]
+        if not any(shutil.which(n) for n in names):
+            return (f'torch.compile needs a C++ compiler for the CPU and none was found ({" or ".join(names)} '
+                    'on PATH; set $CXX to one)')
+        return None
+    if device.type == 'cuda':
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return 'torch.compile needs Triton on CUDA and it is not installed'
+        return None
+    return f'torch.compile is not used on {device.type}'
+
+
+def inductor_cache_dir() -> str:
+    """The inductor (and Triton) cache: $TORCHINDUCTOR_CACHE_DIR when set, else ``inductor/`` in the zoo's
+    cache (converters.file_io.cache_root), beside the weights, so a second run reuses compiled kernels."""
+    from converters.file_io import cache_root
+    path = os.environ.get('TORCHINDUCTOR_CACHE_DIR') or str(cache_root() / 'inductor')
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = path
+    os.environ.setdefault('TRITON_CACHE_DIR', os.path.join(path, 'triton'))
+    return path
+
+
+def network_flop(model: torch.nn.Module, input_shape: Tuple[int, ...], **kwargs) -> Optional[float]:
+    """FLOPs (2 per multiply-add) of one forward pass of ``model`` on an input of ``input_shape``, counted on the
+    meta device (nothing computed); None when the model cannot run there."""
+    from torch.utils.flop_counter import FlopCounterMode
+    try:
+        meta = copy.deepcopy(model).to('meta')
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta(torch.empty(input_shape, device='meta'), **kwargs)
+        return float(counter.get_total_flops())
+    except Exception:          # a model the meta device cannot run: the work stays unknown
+        return None
+
+
+def eager_seconds(planned_flop: float, device: torch.device, precision: str) -> float:
+    """The eager fast path's time for ``planned_flop`` by the rate table (CPU: per thread)."""
+    device = torch.device(device)
+    rate = EAGER_FLOP_PER_S.get((device.type, precision), EAGER_FLOP_PER_S.get((device.type, 'fp32'), 70e9))
+    if device.type == 'cpu':
+        rate *= max(1, torch.get_num_threads())
+    return planned_flop / rate
+
+
+def flop_to_repay(device: torch.device, precision: str = 'fp32') -> float:
+    """The planned FLOPs at which ``decide_compile`` starts compiling (a caller can stop counting there)."""
+    device = torch.device(device)
+    return REPAY_SECONDS.get(device.type, float('inf')) * eager_seconds(1.0, device, precision) ** -1
+
+
+def compile_record(net: torch.nn.Module, decision: CompileDecision) -> dict:
+    """What a per-video output records: whether its network ran compiled (a CompiledNetwork that fell back to
+    eager says so) and how that was asked for; the run's planned work and reason go in the run's summary, so
+    that a video's record does not depend on how the run was split into ranks."""
+    record = {'compiled': decision.compiled, 'requested': decision.record()['requested']}
+    failed = getattr(net, 'failed', None)
+    if decision.compiled and failed:
+        record.update(compiled=False, fallback=f'compiling failed at run time ({failed}); ran the eager fast path')
+    return record
+
+
+def decide_compile(requested: Optional[bool], device: torch.device, precision: str = 'fp32',
+                   planned_flop: Optional[float] = None, unsupported: Optional[str] = None) -> CompileDecision:
+    """The compile policy. ``requested``: --compile (True) / --no-compile (False) / None (the rule);
+    ``planned_flop``: the network work this rank plans (None: unknown, stays eager); ``unsupported``: why this
+    job's network cannot be compiled (e.g. a layer read by a hook), or None."""
+    device = torch.device(device)
+    if requested is False:
+        return CompileDecision(False, '--no-compile', requested, planned_flop)
+    problem = unsupported or compiler_problem(device)
+    if problem:
+        return CompileDecision(False, f'{problem}; running the eager fast path', requested, planned_flop)
+    if requested:
+        return CompileDecision(True, '--compile', requested, planned_flop)
+    if planned_flop is None:
+        return CompileDecision(False, 'the planned work is unknown (--compile to compile anyway)', requested)
+    seconds, repay = eager_seconds(planned_flop, device, precision), REPAY_SECONDS.get(device.type)
+    if repay is None or seconds < repay:
+        return CompileDecision(False, f'{planned_flop / 1e12:,.1f} TFLOP planned, about {seconds:,.0f} s of eager '
+                                      f'network time: too little to repay the compile start (--compile to '
+                                      f'compile anyway)', requested, planned_flop)
+    return CompileDecision(True, f'{planned_flop / 1e12:,.1f} TFLOP planned, about {seconds:,.0f} s of eager '
+                                 f'network time (--no-compile for the eager fast path)', requested, planned_flop)
+
+
+def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile`` as every job calls it: one graph per shape (dynamic=False; jobs keep shapes fixed), the
+    cache beside the zoo's, CUDA's mode from ``CUDA_MODE``."""
+    inductor_cache_dir()
+    import torch._inductor.config as inductor_config
+    # Random ops (training's dropout) draw from torch's generator as eager does, not inductor's own: a compiled
+    # step draws the masks the eager step would, so compiling changes rounding only (and a resumed run that
+    # decides otherwise continues the same sequence). Dropout acts on the pooled features: no measurable cost.
+    inductor_config.fallback_random = True
+    mode = CUDA_MODE if torch.device(device).type == 'cuda' and CUDA_MODE != 'default' else None
+    return torch.compile(module, dynamic=False, mode=mode)
+
+
+class CompiledNetwork(torch.nn.Module):
+    """A compiled network of a fixed batch size with its eager twin: a smaller batch is padded (its last item
+    repeated) and the padding's outputs dropped, so one graph serves every pass; if compiling or running the
+    compiled graph fails, the eager twin takes over for the rest of the run, with one line said."""
+
+    def __init__(self, eager: torch.nn.Module, compiled: torch.nn.Module, batch_size: Optional[int],
+                 say: Callable[[str], None] = print):
+        super().__init__()
+        self.eager, self.compiled_net, self.batch_size, self.say = eager, compiled, batch_size, say
+        self.failed: Optional[str] = None
+        self.pretrained_cfg = getattr(eager, 'pretrained_cfg', None)
+
+    @property
+    def compiled(self) -> bool:
+        return self.failed is None
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.failed is not None:
+            return self.eager(x, **kwargs)
+        n = x.shape[0]
+        if self.batch_size and n < self.batch_size:
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
+        try:
+            out = self.compiled_net(x, **kwargs)
+        except Exception as e:     # inductor's own errors vary by version: any failure falls back, once
+            self.failed = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+            self.say(f'compile  failed at run time ({self.failed}); running the eager fast path from here on')
+            return self.eager(x[:n], **kwargs)
+        return out[:n]
+
+
+def compiled_inference(eager: torch.nn.Module, decision: CompileDecision, device: torch.device,
+                       batch_size: Optional[int], say: Callable[[str], None] = print) -> torch.nn.Module:
+    """The network a job calls: ``eager`` itself, or (decision.compiled) a CompiledNetwork over it. An
+    InferenceModel (zoo.inference) compiles its inner network, so its channels_last input and float32 output
+    stay outside the graph."""
+    if not decision.compiled:
+        return eager
+    from zoo.inference import InferenceModel
+    if isinstance(eager, InferenceModel):
+        compiled = InferenceModel(compile_module(eager.net, device), precision=eager.precision,
+                                  channels_last=eager.channels_last, compiled=True,
+                                  pretrained_cfg=eager.pretrained_cfg)
+    else:
+        compiled = compile_module(eager, device)
+    return CompiledNetwork(eager, compiled, batch_size, say)
