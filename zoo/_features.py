@@ -28,6 +28,10 @@ def _running_statistics_kept(module: nn.Module):
 def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` without keeping its activations: recomputed in backward (non-reentrant checkpoint,
     the RNG replayed so dropout draws the same masks), with BatchNorm statistics updated once, not twice."""
+    if torch.compiler.is_compiling():
+        # Traced by torch.compile, the block's buffer updates are applied once, after the forward graph, and the
+        # recomputation in the backward graph does not repeat them (nor can dynamo trace a context_fn).
+        return checkpoint(module, x, use_reentrant=False)
     return checkpoint(module, x, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _running_statistics_kept(module)))
 
