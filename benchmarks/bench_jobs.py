@@ -582,7 +582,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.say(f'# python benchmarks/bench_jobs.py {" ".join(argv if argv is not None else sys.argv[1:])}')
     bench.say(f'machine: {info.get("gpu") or info.get("cpu")}, {os.cpu_count()} CPUs, {info["threads"]} torch threads, '
               f'torch {torch.__version__}, device {args.device}; load before {load_before["loadavg_1_5_15"]}')
-    bench.say('peak: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f} GFLOP/s ({v["best_probe"]})' for k, v in peaks.items()))
+    bench.say('peak: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f} GFLOP/s ({v["best_probe"]})'
+                                   for k, v in peaks.items()))
     bench.say(f'model {args.model}, random weights; compile flag {args.compile_flag!r} in '
               f'{",".join(args.compile_in) or "none"}; eager flag {args.eager_flag!r} '
               f'({"listed" if accepts("eval", args.eager_flag) else "not listed: eager = no flag"} by python -m eval)')
