@@ -2,7 +2,7 @@
 compile start, GFLOP/s as a fraction of the machine's peak, and the peak memory of each job's process tree.
 
     python benchmarks/bench_jobs.py                      # everything; writes benchmarks/jobs-<tag>.txt and .json
-    python benchmarks/bench_jobs.py --quick              # smoke-sized (tiny clips and sizes; a few minutes on 2 cores)
+    python benchmarks/bench_jobs.py --quick              # smoke-sized, writes jobs-quick-cpu.*; ~3-5 min on 2 cores
     python benchmarks/bench_jobs.py --only scoring,finetune --device cuda --tag h200
 
 Every job runs as a subprocess, its command line as a user would type it, on synthetic videos written to a temp
@@ -344,8 +344,12 @@ class Bench:
                f'gflop_per_{per}': gflop_per_item, 'gflops_per_s': gflops, 'peak_gflops_per_s': peak,
                'fraction_of_peak': gflops / peak, 'peak_pss_mb': max(r1['peak_pss_mb'], r2['peak_pss_mb']),
                'job_says_compile': r2['job_says_compile'], **self.compile_note(part), **(extra or {})}
+        if not seconds > 0:
+            row['warning'] = (f't(N2) <= t(N1): the runs\' start-up noise exceeds the work of {n2 - n1:g} more {per}s '
+                              f'(--quick sizes, or a loaded machine); give larger N1,N2')
         self.say(f'{part:<9} {precision:<5} {seconds:9.3f} s/{per:<8} {row["startup_s"]:8.1f} {gflop_per_item:10.1f} '
-                 f'{gflops:9.1f} {100 * row["fraction_of_peak"]:7.1f}% {row["peak_pss_mb"]:8.0f}')
+                 f'{gflops:9.1f} {100 * row["fraction_of_peak"]:7.1f}% {row["peak_pss_mb"]:8.0f}'
+                 + (f'  ({row["warning"]})' if 'warning' in row else ''))
         return row
 
     # ------------------------------------------------------------------------------ scoring
@@ -528,7 +532,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--device', default='cpu', help='cpu (default), cuda, cuda:N: given to every job')
     p.add_argument('--model', default='i3d_r50', help='the zoo model of every job (default i3d_r50)')
     p.add_argument('--precisions', default='fp32,bf16', help='comma-separated (default fp32,bf16)')
-    p.add_argument('--tag', default='cpu-2core-amd', help='outputs benchmarks/jobs-<tag>.txt and .json')
+    p.add_argument('--tag', help='outputs benchmarks/jobs-<tag>.txt and .json (default cpu-2core-amd; with --quick '
+                                 'quick-<device type>, so a smoke run never overwrites a real one)')
     p.add_argument('--out-dir', default=os.path.join(REPO, 'benchmarks'), help='where jobs-<tag>.* go')
     p.add_argument('--compile-flag', default='--compile',
                    help='the flag that makes a job compile (default --compile; given where the job\'s --help lists it)')
@@ -568,6 +573,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     device = torch.device(args.device)
+    args.tag = args.tag or (f'quick-{device.type}' if args.quick else 'cpu-2core-amd')
 
     load_before = machine_load()
     info = machine_info(device)
