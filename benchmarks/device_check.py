@@ -20,6 +20,11 @@ Each rate also as GFLOP/s and as a fraction of the machine's measured peak for i
 (benchmarks/machine.py: the best of a few GEMMs and a 1x1x1 convolution). FLOPs are 2 per multiply-add,
 counted by torch.utils.flop_counter on the network (pooling and element-wise work not counted); training
 counts 3x the forward (forward, and backward for activations and weights): an estimate.
+- the jobs end to end (step bench_jobs): benchmarks/bench_jobs.py with --device, its JOBS_FULL form (scoring,
+  features and fine-tuning at their real sizes, compiled, seconds per video / snippet / step by two-run
+  differences, start-up, compile start, the process tree's peak PSS), or JOBS_QUICK with --quick; its own
+  jobs-<device>-<time>.json / .txt beside this report, its rows in this one. --no-jobs skips it, --jobs-seconds
+  caps it.
 Recorded with them: torch, CUDA and cuDNN versions, the device name, the TF32 switches
 (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) and cudnn.benchmark, as this
 process found them (each job sets them for its own run, eval.kit.runtime.job_backend: TF32 off for fp32 and on
@@ -103,6 +108,12 @@ QUICK = dict(score=(8, 56), train=(32, 32), snippet=8, snippet_crop=56, resize='
              peak_shapes=dict(gemms=((512, 512, 512),), convs=((1, 256, 256, 2, 14, 14),)))
 
 PRECISIONS = ('fp32', 'bf16')
+# benchmarks/bench_jobs.py's arguments (besides --device, --tag, --out-dir) for its step: the three jobs' real
+# command lines end to end (two-run differences, compile start, the process tree's peak PSS). The full form leaves
+# out its memory part (30k-frame videos: CPU decoding, not the device) and runs fewer videos and steps than its
+# own default, to fit the budget; --quick runs its smallest form (scoring fp32, no compiling).
+JOBS_FULL = ('--only', 'scoring,features,finetune', '--n-videos', '1,3', '--steps', '2,6')
+JOBS_QUICK = ('--quick', '--only', 'scoring', '--precisions', 'fp32', '--compile-in', 'none')
 # (job, measurement key): every key the JSON's 'measurements' has, in the table's order
 MEASUREMENTS = (
     ('scoring', 'scoring_network_fp32'), ('scoring', 'scoring_network_bf16'),
@@ -348,6 +359,37 @@ def features(device: torch.device, sizes: dict, clips: List[str], work: str, bud
     return with_rate(result, snippets / seconds, 'snippets/s', flops, 'fp32', peak)
 
 
+def bench_jobs(device: torch.device, quick: bool, out: str, tag: str, budget: Budget, cap_s: float,
+               work: str) -> dict:
+    """benchmarks/bench_jobs.py run as a subprocess (JOBS_FULL or JOBS_QUICK), its report written beside this
+    one as jobs-<tag>.json / .txt; stopped (OutOfTime) after ``cap_s`` or when the budget ends."""
+    command = [sys.executable, os.path.join('benchmarks', 'bench_jobs.py'), '--device', str(device), '--tag', tag,
+               '--out-dir', out, *(JOBS_QUICK if quick else JOBS_FULL)]
+    log = os.path.join(work, 'bench_jobs.log')
+    seconds = run_job(command, _CappedBudget(budget, cap_s), log)
+    path = os.path.join(out, f'jobs-{tag}.json')
+    with open(path) as f:
+        jobs = json.load(f)
+    rows = {}
+    for part, result in jobs['parts'].items():
+        for precision in PRECISIONS:
+            row = result.get(precision) if isinstance(result, dict) else None
+            if row:
+                rows[f'{part}_{precision}'] = {k: row.get(k) for k in (
+                    'per', f'seconds_per_{row["per"]}', 'startup_s', 'gflops_per_s', 'fraction_of_peak',
+                    'peak_pss_mb')}
+    return {'command': ' '.join(command[1:]), 'seconds': seconds, 'json': path, 'rows': rows,
+            'compile_start_s': jobs['parts'].get('scoring', {}).get('compile_start', {}).get('seconds'),
+            'errors': jobs['errors']}
+
+
+class _CappedBudget(Budget):
+    """A budget's remaining time, capped at ``cap_s`` from now."""
+
+    def __init__(self, budget: Budget, cap_s: float):
+        super().__init__(min(budget.left(), cap_s))
+
+
 # --------------------------------------------------------------------------------------------- tests
 
 def pytest_env(device: torch.device) -> dict:
@@ -436,6 +478,14 @@ def text_table(report: dict) -> str:
                      f'{fmt(m.get("gflops_per_s"), "9.1f"):>9} '
                      f'{fmt(m.get("fraction_of_peak"), ".1%"):>8}  '
                      f'{status[:160]}')
+    jobs = report.get('bench_jobs')
+    if jobs:
+        lines.append('')
+        lines.append(f'bench_jobs ({jobs["json"]}; compile start {fmt(jobs["compile_start_s"], ".1f")} s):')
+        for key, r in jobs['rows'].items():
+            lines.append(f'  {key:<16} {fmt(r.get("seconds_per_" + r["per"]), "9.3f")} s/{r["per"]:<8} start-up '
+                         f'{fmt(r["startup_s"], "6.1f")} s {fmt(r["gflops_per_s"], "9.1f")} GFLOP/s '
+                         f'{fmt(r["fraction_of_peak"], ".1%"):>7} of peak, tree PSS {fmt(r["peak_pss_mb"], ".0f")} MB')
     tests = report.get('tests')
     lines.append('')
     if tests is None:
@@ -495,6 +545,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks'),
                         help='folder for device-<cuda|cpu>-<time>.json and .txt (default benchmarks/)')
     parser.add_argument('--keep-work', action='store_true', help='keep the clips and the jobs\' outputs and logs')
+    parser.add_argument('--no-jobs', dest='jobs', action='store_false',
+                        help='skip the bench_jobs step (benchmarks/bench_jobs.py: the jobs end to end)')
+    parser.add_argument('--jobs-seconds', type=float, default=300.0,
+                        help='at most this many seconds of the budget for the bench_jobs step (default 300)')
     args = parser.parse_args(argv)
 
     budget = Budget(args.time_budget)
@@ -514,7 +568,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               'quick': args.quick, 'time_budget_s': args.time_budget, 'model': MODEL,
               'sizes': {k: v for k, v in sizes.items() if k != 'peak_shapes'},
               'load_before': machine_load(), 'environment': environment(device), 'peak': {},
-              'measurements': {}, 'tests': None, 'steps': {}}
+              'measurements': {}, 'bench_jobs': None, 'tests': None, 'steps': {}}
     peak = report['peak']
     work = tempfile.mkdtemp(prefix='device-check-')
     clips: List[str] = []
@@ -569,6 +623,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             for key in ('features_10crop_fp32',) + tuple(f'scoring_end_to_end_{p}' for p in PRECISIONS):
                 report['measurements'][key] = {'status': status, 'reason': f'no synthetic clips: step clips {status}'
                                                + (': out of time' if status == 'skipped' else '')}
+        if args.jobs:
+            def jobs_step():
+                tag = f'{device.type}-{created:%Y%m%d-%H%M%S}'     # jobs-<device>-<time>.json / .txt
+                report['bench_jobs'] = bench_jobs(device, args.quick, args.out, tag, budget, args.jobs_seconds, work)
+                if report['bench_jobs']['errors']:
+                    raise RuntimeError(f'bench_jobs: {report["bench_jobs"]["errors"]}')
+            step('bench_jobs', scale(20, 120), jobs_step)
         if args.tests:
             def tests():
                 report['tests'] = run_tests(device, args.quick, budget, work)

@@ -45,6 +45,12 @@ def test_quick_cpu_run_measures_every_job_and_writes_json_and_table(tmp_path):
     for precision in ('fp32', 'bf16'):
         assert report['peak'][precision]['gflops_per_s'] > 0
 
+    # the bench_jobs step: benchmarks/bench_jobs.py in its quick form, its own report beside this one
+    assert report['steps']['bench_jobs']['status'] == 'ok'
+    jobs = report['bench_jobs']
+    assert os.path.isfile(jobs['json']) and os.path.dirname(jobs['json']) == str(out) and jobs['errors'] == {}
+    assert jobs['rows']['scoring_fp32']['peak_pss_mb'] > 0
+
     env = report['environment']
     assert env['torch'] and env['device'] == 'cpu' and env['device_name'] is None
     assert set(env['tf32']) >= {'cuda.matmul.allow_tf32', 'cudnn.allow_tf32'} and 'cudnn.benchmark' in env
