@@ -170,13 +170,18 @@ def compile_statements(out: str) -> Dict[str, object]:
     def walk(value, path: str, where: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
+                if k == 'compile' and isinstance(v, dict):      # eval.kit.compiling's record: the decision, start
+                    found[f'{where}:{path}compiled'] = v.get('compiled')
+                    if v.get('start_s') is not None:
+                        found[f'{where}:{path}start_s'] = v['start_s']
+                    continue
                 if 'compile' in str(k).lower() and not isinstance(v, (dict, list)):
                     found[f'{where}:{path}{k}'] = v
                 walk(v, f'{path}{k}.', where)
     if not os.path.isdir(out):
         return found
     names = sorted(n for n in os.listdir(out) if n.endswith('.json'))
-    known = [n for n in names if n in ('summary.json', 'index.json', 'manifest.json', 'recipe.json')]
+    known = [n for n in names if n in ('summary.json', 'index.json', 'training.json', 'manifest.json', 'recipe.json')]
     for name in known + [n for n in names if n not in known][:1]:
         try:
             with open(os.path.join(out, name)) as f:
@@ -209,6 +214,12 @@ def run_job(command: List[str], out: str, log: str, timeout: float, interval: fl
     return {'command': ' '.join(['python'] + command[1:]), 'seconds': seconds, 'peak_pss_mb': memory.peak_mb,
             'pss_samples': memory.samples, 'processes_at_peak': memory.peak_processes,
             'most_processes': memory.most_processes, 'job_says_compile': compile_statements(out)}
+
+
+def job_start(run: dict) -> Optional[float]:
+    """The compile start the job measured itself (eval.kit.compiling: its first pass less its later ones)."""
+    starts = [v for k, v in run['job_says_compile'].items() if k.endswith('start_s')]
+    return starts[0] if starts else None
 
 
 def two_run_rate(t1: float, t2: float, n1: float, n2: float) -> Dict[str, float]:
@@ -343,12 +354,14 @@ class Bench:
                f'{per}s_per_s': 1 / seconds if seconds > 0 else float('nan'), 'startup_s': rate['startup_s'],
                f'gflop_per_{per}': gflop_per_item, 'gflops_per_s': gflops, 'peak_gflops_per_s': peak,
                'fraction_of_peak': gflops / peak, 'peak_pss_mb': max(r1['peak_pss_mb'], r2['peak_pss_mb']),
-               'job_says_compile': r2['job_says_compile'], **self.compile_note(part), **(extra or {})}
+               'job_says_compile': r2['job_says_compile'], **self.compile_note(part), **(extra or {}),
+               'job_compile_start_s': [job_start(r1), job_start(r2)]}
         if not seconds > 0:
             row['warning'] = (f't(N2) <= t(N1): the runs\' start-up noise exceeds the work of {n2 - n1:g} more {per}s '
                               f'(--quick sizes, or a loaded machine); give larger N1,N2')
+        starts = '/'.join('-' if v is None else f'{v:.1f}' for v in row['job_compile_start_s'])
         self.say(f'{part:<9} {precision:<5} {seconds:9.3f} s/{per:<8} {row["startup_s"]:8.1f} {gflop_per_item:10.1f} '
-                 f'{gflops:9.1f} {100 * row["fraction_of_peak"]:7.1f}% {row["peak_pss_mb"]:8.0f}'
+                 f'{gflops:9.1f} {100 * row["fraction_of_peak"]:7.1f}% {row["peak_pss_mb"]:8.0f}  {starts}'
                  + (f'  ({row["warning"]})' if 'warning' in row else ''))
         return row
 
@@ -594,7 +607,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f'{",".join(args.compile_in) or "none"}; eager flag {args.eager_flag!r} '
               f'({"listed" if accepts("eval", args.eager_flag) else "not listed: eager = no flag"} by python -m eval)')
     bench.say(f'{"job":<9} {"prec":<5} {"seconds per":>18} {"start-up":>8} {"GFLOP/item":>10} {"GFLOP/s":>9} '
-              f'{"of peak":>8} {"peak MB":>8}')
+              f'{"of peak":>8} {"peak MB":>8}  compile start N1/N2 (the job\'s own, s)')
     report = {'format': 'bench_jobs/1', 'machine': info, 'torch': torch.__version__, 'device': args.device,
               'model': args.model, 'quick': args.quick, 'sizes': {k: v for k, v in s.items() if k != 'peak_shapes'},
               'precisions': args.precisions, 'compile_flag': args.compile_flag, 'eager_flag': args.eager_flag,

@@ -47,7 +47,8 @@ from eval.features.stream import (FeatureAccumulator, FeatureStream, PooledFeatu
                              run_chunk, stream_video_checked)
 from eval.data.decode import open_source
 from eval.data.snippets import snippet_count
-from eval.kit.compiling import CompileDecision, compile_record, decide_compile, flop_to_repay, network_flop
+from eval.kit.compiling import (CompileDecision, compile_record, compile_summary, decide_compile, flop_to_repay,
+                                network_flop)
 from eval.kit.rundir import claim_run_dir, probe_writable
 from eval.kit.runtime import RunPrecision, job_backend, loader_options, resolve_device, resolve_precision
 
@@ -392,8 +393,8 @@ def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
     print_header(console, config, run, plan, device, workers, per_forward, ctx)
     console.say(decision.line(), flush=True)
     with job_backend(device, run.precision):
-        results, failures = extract_share(ctx, config, run, device, plan.mine, workers, per_forward, decision,
-                                          console.say)
+        results, failures, compiled = extract_share(ctx, config, run, device, plan.mine, workers, per_forward,
+                                                    decision, console.say)
     gathered = ctx.gather_to_main((results, failures), 'gathering results on rank 0')
     if not ctx.is_main:
         return 0
@@ -401,7 +402,8 @@ def _run(config: FeatureConfig, ctx: DistContext, console: Console) -> int:
         results.update(part_results)
         failures.update(part_failures)
     failures.update(plan.failed)
-    return finish(config, run, plan, results, failures, console, time.time() - started, ctx.world_size, decision)
+    return finish(config, run, plan, results, failures, console, time.time() - started, ctx.world_size,
+                  compiled or decision.record())
 
 
 def features_compile_decision(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, device: torch.device,
@@ -454,7 +456,7 @@ def index_entries(run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], 
 
 
 def finish(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, results: Dict[int, dict], failures: Dict[int, dict],
-           console: Console, wall: float, world_size: int, decision: Optional[CompileDecision] = None) -> int:
+           console: Console, wall: float, world_size: int, compiled: Optional[dict] = None) -> int:
     """The index of the whole run, the last lines, the exit status (the engine's policy)."""
     decode_failed = sum(1 for f in failures.values() if f['kind'] == 'decode')
     refused = sum(1 for f in failures.values() if f['kind'] == 'short')
@@ -469,7 +471,7 @@ def finish(config: FeatureConfig, run: FeatureRun, plan: FeaturePlan, results: D
     index = {
         'format_version': FORMAT_VERSION, 'preset': run.settings.preset, 'model': run.model_info,
         'settings': run.settings.identity(), 'network': run.identity['network'],
-        'compile': decision.record() if decision else None, 'counts': counts,
+        'compile': compiled, 'counts': counts,
         'videos': entries,
         'failures': [{'id': e['id'], 'path': e['path'], 'status': e['status'], 'reason': e.get('reason', '')}
                      for e in entries if e['status'] in ('failed', 'refused', 'missing')],
@@ -515,12 +517,13 @@ def _identity(item):
 
 def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, device: torch.device, mine: List[VideoJob],
                   workers: int, per_forward: int, decision: CompileDecision,
-                  say=print) -> Tuple[Dict[int, dict], Dict[int, dict]]:
-    """Extract this rank's videos; ({job index: sidecar}, {job index: failure record}), each written as it ends."""
+                  say=print) -> Tuple[Dict[int, dict], Dict[int, dict], Optional[dict]]:
+    """Extract this rank's videos; ({job index: sidecar}, {job index: failure record}, the network's compile
+    summary or None when there was nothing to do), each video written as it ends."""
     results: Dict[int, dict] = {}
     failures: Dict[int, dict] = {}
     if not mine:
-        return results, failures
+        return results, failures, None
     net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, run.precision,
                                 decision, per_forward * run.settings.crops, say)
     stream = FeatureStream(mine, run.settings, per_forward)
@@ -545,5 +548,5 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
         bar.set_postfix_str(f'{snippets / max(time.perf_counter() - start, 1e-9):.2f} snippets/s'
                             + (f', failed {len(failures)}' if failures else ''), refresh=False)
     bar.close()
-    return results, failures
+    return results, failures, compile_summary(net, decision)
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -274,6 +275,7 @@ class Trainer:
         self.ddp = self.net
         self.compile = self.compile_decision(total)
         self.compile_failed: Optional[str] = None
+        self.step_seconds: List[float] = []     # this attempt's optimizer steps
         if self.compile.compiled:
             self.net = compile_module(self.ddp, self.device)
         self.dataset = TrainClipDataset(records, config.spec, seed=config.seed)
@@ -386,6 +388,7 @@ class Trainer:
             started = time.perf_counter()
             loss, top1, lr = self.optimizer_step(batches)
             seconds = time.perf_counter() - started
+            self.step_seconds.append(seconds)
             p.step, p.global_step = p.step + 1, p.global_step + 1
             p.loss_sum += loss * config.plan.global_batch
             p.correct += round(top1 * config.plan.global_batch)
@@ -425,6 +428,9 @@ class Trainer:
         if self.compile_failed:
             record.update(compiled=False, fallback=f'compiling failed at run time ({self.compile_failed}); '
                                                    'trained eagerly')
+        steps = self.step_seconds
+        record['start_s'] = round(steps[0] - statistics.median(steps[1:]), 2) \
+            if self.net is not self.ddp and len(steps) > 1 else None     # the first step compiles
         info = {'compile': record, 'precision': self.config.precision, 'device': self.config.device,
                 'grad_checkpointing': self.config.grad_checkpointing, 'world_size': self.ctx.world_size,
                 'global_step': self.position.global_step, 'torch': torch.__version__}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -129,6 +130,14 @@ def compile_record(net: torch.nn.Module, decision: CompileDecision) -> dict:
     return record
 
 
+def compile_summary(net: torch.nn.Module, decision: CompileDecision) -> dict:
+    """What a run's summary records: the decision, whether it held (compile_record) and the start it cost."""
+    record = dict(decision.record(), **compile_record(net, decision))
+    start = getattr(net, 'start_seconds', None)
+    record['start_s'] = start() if start else None
+    return record
+
+
 def decide_compile(requested: Optional[bool], device: torch.device, precision: str = 'fp32',
                    planned_flop: Optional[float] = None, unsupported: Optional[str] = None) -> CompileDecision:
     """The compile policy. ``requested``: --compile (True) / --no-compile (False) / None (the rule);
@@ -177,6 +186,14 @@ class CompiledNetwork(torch.nn.Module):
         self.eager, self.compiled_net, self.batch_size, self.say = eager, compiled, batch_size, say
         self.failed: Optional[str] = None
         self.pretrained_cfg = getattr(eager, 'pretrained_cfg', None)
+        self.first_pass_s: Optional[float] = None      # compiling + one pass
+        self.later_passes, self.later_s = 0, 0.0
+
+    def start_seconds(self) -> Optional[float]:
+        """The compile start this run paid: the first pass less the mean of the later ones (None before two)."""
+        if self.first_pass_s is None or not self.later_passes:
+            return None
+        return round(self.first_pass_s - self.later_s / self.later_passes, 2)
 
     @property
     def compiled(self) -> bool:
@@ -188,12 +205,20 @@ class CompiledNetwork(torch.nn.Module):
         n = x.shape[0]
         if self.batch_size and n < self.batch_size:
             x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
+        started = time.perf_counter()
         try:
             out = self.compiled_net(x, **kwargs)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)
         except Exception as e:     # inductor's own errors vary by version: any failure falls back, once
             self.failed = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
             self.say(f'compile  failed at run time ({self.failed}); running the eager fast path from here on')
             return self.eager(x[:n], **kwargs)
+        seconds = time.perf_counter() - started
+        if self.first_pass_s is None:
+            self.first_pass_s = seconds
+        else:
+            self.later_passes, self.later_s = self.later_passes + 1, self.later_s + seconds
         return out[:n]
 
 

@@ -194,6 +194,13 @@ def gather(ctx: DistContext, prepared: Prepared, report: ShardReport):
 
 # ------------------------------------------------------------------------------------------- outputs
 
+def rank_zero_compile(decision: Optional[CompileDecision], reports: List[ShardReport]) -> Optional[dict]:
+    """The run's compile record: rank 0's network when it scored anything (whether compiling held, its start),
+    else the decision."""
+    own = reports[0].compile if reports and reports[0].compile else None
+    return own or (decision.record() if decision else None)
+
+
 def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, reports: List[ShardReport],
                   torn: int, stored: dict, flops: Optional[dict], world_size: int,
                   decision: Optional[CompileDecision] = None) -> dict:
@@ -217,7 +224,7 @@ def build_summary(config: RunConfig, prepared: Prepared, result: EvalResult, rep
         'metrics_over_annotated_note': 'Caffe2 accounting: every annotated video counts, unscored ones as wrong',
         'flops': {k: v for k, v in flops.items() if k != 'table'} if flops else None,
         'device': config.device, 'precision': config.precision, 'tf32': config.tf32, 'fast_path': config.fast_path,
-        'compile': decision.record() if decision else None,
+        'compile': rank_zero_compile(decision, reports),
         'run': {'world_size': world_size, 'videos_from_earlier_runs': len(plan.done) - plan.retried_failed,
                 'scored_this_run': sum(r.scored for r in reports), 'failed_this_run': sum(r.failed for r in reports),
                 'retried_failed': plan.retried_failed, 'torn_bytes_ignored': torn,

@@ -16,7 +16,7 @@ from typing import Callable, ContextManager, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 
-from eval.kit.compiling import CompileDecision, compiled_inference, decide_compile, network_flop
+from eval.kit.compiling import CompileDecision, compile_summary, compiled_inference, decide_compile, network_flop
 from eval.kit.console import progress_bar
 from eval.data.crops import cut, mirrored_frames
 from eval.data.pixels import PixelNormalizer
@@ -208,4 +208,5 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
         batcher.flush()
     bar.close()
     result.seconds = time.perf_counter() - start
+    result.compile = compile_summary(net, decision)
     return result

@@ -71,6 +71,7 @@ class ShardReport:
     failed: int = 0
     seconds: float = 0.0
     store_file: str = ''
+    compile: Optional[dict] = None    # eval.kit.compiling.compile_summary of this rank's network
 
 
 @dataclass
@@ -117,8 +118,9 @@ def score_shard(ctx: DistContext, store: ScoreStore, plan: Plan, model, records,
 
     start = time.perf_counter()
     try:
-        evaluate(model, records, config, indices=plan.mine, on_results=store_outcomes, progress=progress,
-                 progress_desc=progress_desc, compile_decision=compile_decision, say=say)
+        result = evaluate(model, records, config, indices=plan.mine, on_results=store_outcomes, progress=progress,
+                          progress_desc=progress_desc, compile_decision=compile_decision, say=say)
+        report.compile = result.compile
     finally:
         writer.close()
     report.seconds = time.perf_counter() - start
