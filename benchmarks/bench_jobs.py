@@ -26,7 +26,7 @@ folder (eval.data.synthetic content, H.264):
   N1 videos eager (``--eager-flag``, default --no-compile, only when the job's --help lists it, else no flag):
   compile start = start-up(compiled) - start-up(eager). What each job's own summary / manifest says about
   compiling ('compile' keys of its JSON outputs) is recorded and printed.
-- memory: every run's peak memory is the maximum, sampled every 0.2 s, of the summed PSS
+- memory: every run's peak memory is the maximum, sampled every 0.5 s, of the summed PSS
   (/proc/PID/smaps_rollup) of the job's process and all its descendants (DataLoader workers, ffmpeg,
   torch.compile's workers): TreePss below. Memory vs video length: one 340x256 video of ~1k, ~10k and ~30k
   frames through ``eval.features --crops 1 --stride <--memory-stride>`` with --workers 0, 1, 2 (9 runs): a large
@@ -78,25 +78,29 @@ QUICK = dict(video='112x64', video_frames=40, views='1x1', score_geometry=('8', 
 
 # --------------------------------------------------------------------------------------------- memory
 
-def process_tree(root: int) -> List[int]:
-    """``root`` and every live descendant of it (parents read from /proc/*/stat)."""
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
+def _children(pid: int) -> List[int]:
+    """The live children of ``pid`` (/proc/PID/task/*/children: no scan of every process)."""
+    found: List[int] = []
+    try:
+        tasks = os.listdir(f'/proc/{pid}/task')
+    except OSError:
+        return found
+    for tid in tasks:
         try:
-            with open(f'/proc/{entry}/stat', 'rb') as f:
-                stat = f.read()
-        except OSError:
+            with open(f'/proc/{pid}/task/{tid}/children') as f:
+                found.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
             continue
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'
-        fields = stat[stat.rfind(b')') + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+    return found
+
+
+def process_tree(root: int) -> List[int]:
+    """``root`` and every live descendant of it."""
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
-        todo.extend(children.get(pid, ()))
+        todo.extend(_children(pid))
     return tree
 
 
@@ -116,7 +120,7 @@ class TreePss:
     """Peak of the summed PSS of a process and all its descendants, sampled every ``interval`` seconds on a
     thread: ``with TreePss(proc.pid) as m: proc.wait()``, then ``m.peak_bytes``, ``m.samples``, ``m.peak_processes``."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 0.5):
         self.pid, self.interval = pid, interval
         self.peak_bytes, self.samples, self.peak_processes, self.most_processes = 0, 0, 0, 0
         self._stop = threading.Event()
@@ -191,7 +195,7 @@ def compile_statements(out: str) -> Dict[str, object]:
     return found
 
 
-def run_job(command: List[str], out: str, log: str, timeout: float, interval: float = 0.2) -> dict:
+def run_job(command: List[str], out: str, log: str, timeout: float, interval: float = 0.5) -> dict:
     """One job command (cwd: the repository) with its tree's PSS sampled: wall seconds, peak PSS, and what its
     outputs say about compiling. A fresh inductor cache per run, so compiled runs compile alike."""
     cache = tempfile.mkdtemp(prefix='inductor-', dir=os.path.dirname(out))

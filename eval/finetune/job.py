@@ -293,7 +293,7 @@ class Trainer:
             forward = network_flop(self.model, (1, 3, spec.num_frames, spec.crop_size, spec.crop_size))
             if forward is not None:
                 flop = 3 * forward * config.plan.per_rank * config.plan.accum_steps * total_steps
-        return decide_compile(config.compile, self.device, config.precision, flop)
+        return decide_compile(config.compile, self.device, config.precision, flop, training=True)
 
     # --------------------------------------------------------------------------------- durable state
     def save(self) -> None:

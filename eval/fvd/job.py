@@ -277,7 +277,7 @@ def fvd_compile_decision(requested, embedder: Embedder, protocol, plan, ctx: Dis
         frames = protocol.frames or 16
         per_clip = network_flop(embedder.model, (1, 3, frames, 224, 224))
         flop = None if per_clip is None else per_clip * -(-len(plan.todo) // ctx.world_size)
-    return decide_compile(requested, embedder.device, embedder.precision.name, flop)
+    return decide_compile(requested, embedder.device, embedder.precision.name, flop, plain_model=not embedder.fast_path)
 
 
 def _run(args, command: str, ctx: DistContext, console: Console) -> int:

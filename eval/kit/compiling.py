@@ -10,8 +10,10 @@ take at a conservative rate per CPU thread (``EAGER_FLOP_PER_S``); the threshold
 three times the compile start it has to repay. Measured on a 2-core AMD EPYC (torch 2.15, i3d_r50; issue 23,
 benchmarks/bench_network.py, benchmarks/jobs-*.txt): the compile start is 5-17 s (the first shape; the inductor
 cache makes a second run start faster) and compiled fp32 runs 1.24-1.40x faster than the eager fast path, so a
-run repays the start after 20-70 s of eager network time. The embedded demo (2 clips, 3x10 views, ~5 TFLOP: ~30 s
-eager) stays eager; a Kinetics validation run compiles.
+run repays the start after 20-70 s of eager network time (scoring i3d_r50 3x10 end to end: 13-17 s of start,
+benchmarks/jobs-cpu-2core-amd.txt). The embedded demo (2 clips, 3x10 views, ~5 TFLOP: ~30 s eager) stays eager; a
+Kinetics validation run compiles. Training on the CPU stays eager unless asked (``TRAINING_CPU_REASON``: measured no
+faster compiled); on CUDA the same rule as inference.
 
 Where the machine cannot compile (no C++ compiler for the CPU, no Triton for CUDA, another device) the job says so
 in one line and runs the eager fast path; if compiling fails at run time the network falls back to the eager
@@ -138,19 +140,36 @@ def compile_summary(net: torch.nn.Module, decision: CompileDecision) -> dict:
     return record
 
 
+# Training on the CPU is not compiled by default: measured on the 2-core AMD EPYC (2026-12-03, eval.finetune, i3d_r50
+# 32x224, batch 2, 8 steps, in-process decoding) a compiled step took 2.6-3.5 s in fp32 against eager's 2.5-2.6 s and
+# 1.65-1.8 s in bf16 against eager's 1.55-1.9 s, after 53-71 s of compiling forward and backward: oneDNN's
+# backward convolutions are the same kernels either way, and there is nothing left to fuse that pays.
+TRAINING_CPU_REASON = ('training on the CPU: a compiled step measured no faster than eager (i3d_r50 32x224: fp32 '
+                       '2.6-3.5 vs 2.5 s, bf16 1.7 vs 1.7 s) after about a minute of compiling (--compile to '
+                       'compile anyway)')
+
+
 def decide_compile(requested: Optional[bool], device: torch.device, precision: str = 'fp32',
-                   planned_flop: Optional[float] = None, unsupported: Optional[str] = None) -> CompileDecision:
+                   planned_flop: Optional[float] = None, unsupported: Optional[str] = None,
+                   plain_model: bool = False, training: bool = False) -> CompileDecision:
     """The compile policy. ``requested``: --compile (True) / --no-compile (False) / None (the rule);
     ``planned_flop``: the network work this rank plans (None: unknown, stays eager); ``unsupported``: why this
-    job's network cannot be compiled (e.g. a layer read by a hook), or None."""
+    job's network cannot be compiled (e.g. a layer read by a hook), or None; ``plain_model``: --no-fast-path asked
+    for the plain eager model, compiled only when --compile asks too; ``training``: a training step (on the CPU
+    eager unless --compile: TRAINING_CPU_REASON)."""
     device = torch.device(device)
     if requested is False:
         return CompileDecision(False, '--no-compile', requested, planned_flop)
+    if plain_model and requested is None:
+        return CompileDecision(False, '--no-fast-path runs the plain eager model (--compile compiles it)', requested,
+                               planned_flop)
     problem = unsupported or compiler_problem(device)
     if problem:
         return CompileDecision(False, f'{problem}; running the eager fast path', requested, planned_flop)
     if requested:
         return CompileDecision(True, '--compile', requested, planned_flop)
+    if training and device.type == 'cpu':
+        return CompileDecision(False, TRAINING_CPU_REASON, requested, planned_flop)
     if planned_flop is None:
         return CompileDecision(False, 'the planned work is unknown (--compile to compile anyway)', requested)
     seconds, repay = eager_seconds(planned_flop, device, precision), REPAY_SECONDS.get(device.type)

@@ -83,7 +83,8 @@ def scoring_compile_decision(model: torch.nn.Module, config, videos: int) -> Com
         per_view = network_flop(model, (1, 3, spec.num_frames, spec.crop_size, spec.crop_size),
                                 **({'fully_conv': True} if config.fully_conv else {}))
         flop = None if per_view is None else per_view * spec.num_views * videos
-    return decide_compile(config.compile, torch.device(config.device), config.precision, flop)
+    return decide_compile(config.compile, torch.device(config.device), config.precision, flop,
+                          plain_model=not config.fast_path)
 
 
 @dataclass
