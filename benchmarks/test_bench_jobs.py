@@ -1,0 +1,40 @@
+"""benchmarks/bench_jobs.py, the jobs' end-to-end benchmark, runs at CI size (--quick) so that it cannot rot
+between full runs; CI runs this file after make test (about a minute: nine job start-ups), as it does
+test_device_check.py. No speed is asserted."""
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
+    """bench_jobs.py --quick end to end on tiny sizes (fp32, no compiling): the rows carry their figures and
+    every run's tree memory is positive. No speed is asserted."""
+    import json
+    import math
+    import subprocess
+    command = [sys.executable, 'benchmarks/bench_jobs.py', '--quick', '--only', 'scoring,features,memory',
+               '--precisions', 'fp32', '--compile-in', 'none', '--memory-frames', '100', '--memory-workers', '0,1',
+               '--tag', 'test', '--out-dir', str(tmp_path)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / 'jobs-test.json') as f:
+        report = json.load(f)
+    assert (tmp_path / 'jobs-test.txt').read_text().count('\n') > 5
+    assert report['errors'] == {} and set(report['parts']) == {'scoring', 'features', 'memory'}
+    assert report['peak']['fp32']['gflops_per_s'] > 0 and report['peak']['bf16']['gflops_per_s'] > 0
+    assert report['machine']['torch'] and report['load_before'] and report['load_after']
+    scoring = report['parts']['scoring']['fp32']
+    assert scoring['gflop_per_video'] == 2 * scoring['job_flops']['flops_per_video'] / 1e9 > 0
+    assert math.isfinite(scoring['seconds_per_video']) and math.isfinite(scoring['startup_s'])
+    assert report['parts']['scoring']['compile_start']['seconds'] is None       # nothing compiled
+    features = report['parts']['features']['fp32']
+    # at --quick sizes the two-run difference is start-up noise (it can come out negative): finite, not positive
+    assert math.isfinite(features['seconds_per_snippet']) and math.isfinite(features['fraction_of_peak'])
+    assert features['crops'] == 10 and features['snippets_per_video'] > 0
+    assert features['job_says_compile'] and not any(features['job_says_compile'].values())
+    memory = report['parts']['memory']
+    assert [(r['frames'], r['workers']) for r in memory['runs']] == [(100, 0), (100, 1)]
+    assert set(memory['worker_cost_mb']) == {'100'}
+    assert all(r['peak_pss_mb'] > 0 and r['pss_samples'] > 0 for r in report['runs'])
+    assert len(report['runs']) == 6
