@@ -105,7 +105,7 @@ def run_identity(model_info: dict, settings: FeatureSettings, fmt: str, fast_pat
     """What the arrays depend on: a resumed run must match it, and every sidecar carries its hash. The
     precision, and on CUDA whether float32 used TF32 (off CPU there is no such switch: no key); with the JPEG
     round trip, the ffmpeg that made the JPEGs (version, sha256). Not whether the network was compiled (decided
-    per attempt by the work left, within ~1e-6 of eager in float32): each sidecar records that."""
+    per attempt by the work left, within 1e-5 relative of eager in float32): each sidecar records that."""
     network = {'fast_path': fast_path, 'precision': precision.name if precision else 'fp32'}
     if precision is not None and precision.tf32 is not None:
         network['tf32'] = precision.tf32
