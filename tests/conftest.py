@@ -31,6 +31,7 @@ def pytest_configure(config):
     they leave it alone (ZOO_KEEP_HEAP=0 for the session, which children inherit unless a test sets it);
     tests/test_heap.py checks the setting in child processes."""
     os.environ[zoo.heap.ENV] = '0'
+    config.addinivalue_line('markers', 'all_threads: keep torch\'s threads where a module\'s tests run on one')
 
 
 @pytest.fixture(autouse=True)

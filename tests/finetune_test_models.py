@@ -81,6 +81,61 @@ def write_training_set(root: str, real: list, synthetic: int = 4, height: int = 
     return os.path.join(root, 'list.txt')
 
 
+def compiled_against_eager(tmp_path, extra: tuple = ()):
+    """tiny_i3d trained one epoch (dropout, BN in training mode) eagerly and with --compile, both with ``extra``,
+    on one thread with torch.compile spied on. Returns, per run ('eager', 'compiled'), its saved weights, step
+    losses and training.json, and the names of the modules torch.compile was given."""
+    import csv
+    import json
+    import torch
+    from unittest import mock
+    import eval.finetune.job
+    list_path = write_training_set(str(tmp_path / 'train'), [], synthetic=4)
+    classes = os.path.join(os.path.dirname(list_path), 'classes.txt')
+    compiled_calls, real_compile = [], torch.compile
+
+    def spy(model, *args, **kwargs):
+        compiled_calls.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    def run(name, flag):
+        out = tmp_path / name
+        code = eval.finetune.job.main([str(a) for a in (
+            '--model', 'tiny_i3d', '--data', list_path, '--classes', classes, '--out', out, '--workers', 0,
+            '--no-progress', '--epochs', 1, '--batch-size', 2, '--lr', 0.05, '--bn', 'train', '--frames', 8,
+            '--checkpoint-every', 0, flag, *extra)])
+        assert code == 0, name
+        with open(out / 'metrics.csv', newline='') as f:
+            losses = [float(r['loss']) for r in csv.DictReader(f) if r['kind'] == 'step']
+        with open(out / 'training.json') as f:
+            record = json.load(f)
+        return zoo.load_state_dict_file(str(out / 'last.pth')), losses, record
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with mock.patch.object(torch, 'compile', spy):
+            return {'eager': run('eager', '--no-compile'), 'compiled': run('compiled', '--compile')}, compiled_calls
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+
+
+def assert_trained_alike(runs: dict, compiled_calls: list) -> None:
+    """``compiled_against_eager``'s runs agree: training.json says which was compiled, torch.compile was given the
+    training network itself once, the losses agree to 1e-4 and every saved tensor (BN's running statistics too:
+    recomputed blocks must not update them twice) to float32 rounding, under the plain model's names."""
+    import pytest
+    import torch
+    (eager, eager_losses, eager_record), (weights, losses, record) = runs['eager'], runs['compiled']
+    assert eager_record['compile']['compiled'] is False and record['compile']['compiled'] is True
+    assert compiled_calls == ['ResNet3D']
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    assert set(weights) == set(eager) and not any('_orig_mod' in k for k in weights)
+    for k in eager:
+        torch.testing.assert_close(weights[k].float(), eager[k].float(), rtol=1e-3, atol=1e-5, msg=k)
+
+
 def cli_env(seconds_per_pass: float = 0.0) -> dict:
     env = eval_test_models.cli_env(seconds_per_pass, delay_variable='FINETUNE_TEST_SECONDS_PER_PASS')
     env['OMP_NUM_THREADS'] = '1'       # the same float arithmetic in every process a test compares

