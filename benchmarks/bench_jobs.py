@@ -33,6 +33,12 @@ folder (eval.data.synthetic content, H.264):
   stride keeps the network a small part, while the decoder still reads (and the JPEG round trip encodes and
   decodes) every frame. Flat in length = max / min of a worker count's peaks near 1; the cost of a worker =
   peak with 1 worker - with 0.
+- network: scoring's network alone, in this process, as the job builds it (eval.kit.loop.prepare_model, compiled
+  by eval.kit.compiling.compiled_inference unless 'network' is left out of --compile-in), at 32x256 with the
+  fully-convolutional head and the job's batch, per precision: its GFLOP/s as a fraction of the peak, and its stem
+  convolution (i3d_r50's conv1: 3 input channels) timed alone, the same oneDNN call eager: its share of the FLOPs,
+  its fraction of the peak, the rest's, and the network's ceiling were everything but the stem at the peak. This
+  is where scoring's end-to-end figure stops when it matches the network's.
 
 Figures are wall times of whole processes on whatever else the machine runs: the load before and after is
 recorded with them. Outputs: benchmarks/jobs-<tag>.txt (the printed table) and .json (every figure and run).
@@ -61,15 +67,17 @@ import torch
 from benchmarks.machine import machine_info, machine_load, machine_peak, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ('scoring', 'features', 'finetune', 'memory')
-JOB_MODULE = {'scoring': 'eval', 'features': 'eval.features', 'finetune': 'eval.finetune', 'memory': 'eval.features'}
+PARTS = ('scoring', 'features', 'finetune', 'memory', 'network')
+JOB_MODULE = {'scoring': 'eval', 'network': 'eval', 'features': 'eval.features', 'finetune': 'eval.finetune',
+              'memory': 'eval.features'}
 
 # Sizes of the full run and of --quick (each overridable by a flag of the same name).
-FULL = dict(video='456x256', video_frames=250, views='3x10', score_geometry=None, n_videos=(2, 6),
+FULL = dict(video='456x256', video_frames=250, views='3x10', score_geometry=None, network_clip=(32, 256), n_videos=(2, 6),
             features_geometry=None, train='32x224', train_rate=None, steps=(2, 6), batch=2,
             memory_video='340x256', memory_frames=(1000, 10000, 30000), memory_workers=(0, 1, 2), memory_stride=512,
             peak_seconds=1.0, peak_shapes=None)
-QUICK = dict(video='112x64', video_frames=40, views='1x1', score_geometry=('8', '56', '64'), n_videos=(1, 2),
+QUICK = dict(video='112x64', video_frames=40, views='1x1', score_geometry=('8', '56', '64'), network_clip=(8, 56),
+             n_videos=(1, 2),
              features_geometry=('8', '8', '80x64', '56'), train='32x32', train_rate=1, steps=(1, 2), batch=2,
              memory_video='112x64', memory_frames=(100, 300), memory_workers=(0, 1, 2), memory_stride=64,
              peak_seconds=0.25,
@@ -411,6 +419,62 @@ class Bench:
                 'note': 'start-up of the compiled fp32 runs - (the eager N1 run - N1 x the compiled seconds per video)'}
         else:
             result['compile_start'] = {'seconds': None, 'note': 'not measured: no compile flag on the scoring runs'}
+        return result
+
+    # ------------------------------------------------------------------------------ network
+    def network(self) -> dict:
+        """Scoring's network alone, as the job builds it (the kit's fast path, compiled by compiled_inference unless
+        'network' is left out of --compile-in, the
+        fully-convolutional head at 256 crops, the job's batch), and its stem convolution alone (the same oneDNN
+        call, eager): where scoring's end-to-end figure stops, per precision."""
+        from benchmarks.timing import best_seconds
+        from eval.kit.compiling import CompileDecision, compiled_inference, network_flop
+        from eval.kit.config import default_batch_size, fully_conv_head
+        from eval.kit.loop import prepare_model
+        from zoo import create_model
+        a, (frames, crop) = self.args, self.sizes['network_clip']
+        device = torch.device(self.device)
+        model = create_model(a.model, pretrained=False).eval()
+        kwargs = {'fully_conv': True} if fully_conv_head(getattr(model, 'pretrained_cfg', None), crop) else {}
+        batch = default_batch_size(device)
+        compiled = 'network' in self.compile_in
+        x = torch.randn(batch, 3, frames, crop, crop, device=device)
+        flop = batch * network_flop(model, (1, 3, frames, crop, crop), **kwargs)
+        stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+        result: dict = {'clip': f'{frames}x{crop}', 'batch': batch, 'compiled': compiled, 'head': 'fully-convolutional' if kwargs else 'global',
+                        'gflop_per_pass': flop / 1e9, 'stem': f'{type(stem).__name__} {stem.in_channels}->'
+                        f'{stem.out_channels} kernel {tuple(stem.kernel_size)} stride {tuple(stem.stride)}'}
+        for precision in a.precisions:
+            dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[precision]
+            peak = self.peaks[precision]['gflops_per_s']
+            net = compiled_inference(prepare_model(model, device, precision), CompileDecision(compiled, 'bench', compiled),
+                                     device, batch, say=lambda line: None)
+            seconds, _ = best_seconds(lambda: net(x, **kwargs), repeats=3, warmup=2, device=device)
+            cl = torch.channels_last_3d
+            w = stem.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=cl)
+            xs = x.to(dtype).contiguous(memory_format=cl)
+
+            def run_stem():
+                with torch.inference_mode():
+                    return torch.nn.functional.conv3d(xs, w, None, stem.stride, stem.padding)
+            stem_s, out = best_seconds(run_stem, repeats=3, warmup=1, device=device)
+            stem_flop = 2.0 * out.numel() * stem.in_channels * int(np.prod(stem.kernel_size))
+            rest_s = max(seconds - stem_s, 1e-9)
+            row = {'seconds_per_pass': seconds, 'gflops_per_s': flop / seconds / 1e9,
+                   'fraction_of_peak': flop / seconds / 1e9 / peak, 'stem_flop_share': stem_flop / flop,
+                   'stem_gflops_per_s': stem_flop / stem_s / 1e9, 'stem_fraction_of_peak': stem_flop / stem_s / 1e9 / peak,
+                   'rest_fraction_of_peak': (flop - stem_flop) / rest_s / 1e9 / peak,
+                   # the network's ceiling were everything but the stem at the peak
+                   'ceiling_rest_at_peak': flop / (stem_s + (flop - stem_flop) / (peak * 1e9)) / 1e9 / peak}
+            result[precision] = row
+            self.say(f'network  {precision:<5} {a.model} {frames}x{crop} batch {batch}, {"compiled" if compiled else "eager"}, alone: '
+                     f'{row["gflops_per_s"]:.1f} GFLOP/s = {100 * row["fraction_of_peak"]:.1f}% of the peak; its stem '
+                     f'({result["stem"]}) is {100 * row["stem_flop_share"]:.0f}% of the FLOPs at '
+                     f'{100 * row["stem_fraction_of_peak"]:.0f}% of the peak, the rest at '
+                     f'{100 * row["rest_fraction_of_peak"]:.0f}%; with the rest at 100% the network would reach '
+                     f'{100 * row["ceiling_rest_at_peak"]:.0f}%')
+            del net
+            torch._dynamo.reset()
         return result
 
     # ------------------------------------------------------------------------------ features

@@ -4,6 +4,8 @@ test_device_check.py. No speed is asserted."""
 import os
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,7 +15,7 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     import json
     import math
     import subprocess
-    command = [sys.executable, 'benchmarks/bench_jobs.py', '--quick', '--only', 'scoring,features,memory',
+    command = [sys.executable, 'benchmarks/bench_jobs.py', '--quick', '--only', 'scoring,features,memory,network',
                '--precisions', 'fp32', '--compile-in', 'none', '--memory-frames', '100', '--memory-workers', '0,1',
                '--tag', 'test', '--out-dir', str(tmp_path)]
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -21,7 +23,7 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     with open(tmp_path / 'jobs-test.json') as f:
         report = json.load(f)
     assert (tmp_path / 'jobs-test.txt').read_text().count('\n') > 5
-    assert report['errors'] == {} and set(report['parts']) == {'scoring', 'features', 'memory'}
+    assert report['errors'] == {} and set(report['parts']) == {'scoring', 'features', 'memory', 'network'}
     assert report['peak']['fp32']['gflops_per_s'] > 0 and report['peak']['bf16']['gflops_per_s'] > 0
     assert report['machine']['torch'] and report['load_before'] and report['load_after']
     scoring = report['parts']['scoring']['fp32']
@@ -33,6 +35,15 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     assert math.isfinite(features['seconds_per_snippet']) and math.isfinite(features['fraction_of_peak'])
     assert features['crops'] == 10 and features['snippets_per_video'] > 0
     assert features['job_says_compile'] and not any(features['job_says_compile'].values())
+    network = report['parts']['network']
+    # the network's FLOPs (torch's counter on the meta device) are the scoring job's fvcore count x 2 for the same
+    # clip, and the stem's share is the textbook count of i3d_r50's conv1 (3->64, 5x7x7, stride 2x2x2, padding
+    # 2,3,3) on the 2 clips of 8x56 over that
+    assert network['clip'] == '8x56' and network['batch'] == 2 and not network['compiled']
+    assert network['gflop_per_pass'] * 1e9 == pytest.approx(2 * 2 * scoring['job_flops']['flops_per_video'], rel=1e-3)
+    stem_flop = 2 * (2 * 64 * 4 * 28 * 28) * 3 * 5 * 7 * 7
+    assert network['fp32']['stem_flop_share'] == pytest.approx(stem_flop / (network['gflop_per_pass'] * 1e9), rel=1e-9)
+    assert 0 < network['fp32']['stem_fraction_of_peak'] and 0 < network['fp32']['fraction_of_peak']
     memory = report['parts']['memory']
     assert [(r['frames'], r['workers']) for r in memory['runs']] == [(100, 0), (100, 1)]
     assert set(memory['worker_cost_mb']) == {'100'}
