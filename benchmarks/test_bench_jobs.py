@@ -36,11 +36,12 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     assert features['crops'] == 10 and features['snippets_per_video'] > 0
     assert features['job_says_compile'] and not any(features['job_says_compile'].values())
     network = report['parts']['network']
-    # the network's FLOPs (torch's counter on the meta device) are the scoring job's fvcore count x 2 for the same
-    # clip, and the stem's share is the textbook count of i3d_r50's conv1 (3->64, 5x7x7, stride 2x2x2, padding
-    # 2,3,3) on the 2 clips of 8x56 over that
+    # the network's FLOPs (torch's counter on the meta device: convolutions and the classifier) are the scoring
+    # job's fvcore count x 2 for the same clip, less the BatchNorm fvcore also counts (0.4% here; the fast path folds
+    # it into the convolutions), and the stem's share is the textbook count of i3d_r50's conv1 (3->64, 5x7x7,
+    # stride 2x2x2, padding 2,3,3) on the 2 clips of 8x56 over that
     assert network['clip'] == '8x56' and network['batch'] == 2 and not network['compiled']
-    assert network['gflop_per_pass'] * 1e9 == pytest.approx(2 * 2 * scoring['job_flops']['flops_per_video'], rel=1e-3)
+    assert network['gflop_per_pass'] * 1e9 == pytest.approx(2 * 2 * scoring['job_flops']['flops_per_video'], rel=1e-2)
     stem_flop = 2 * (2 * 64 * 4 * 28 * 28) * 3 * 5 * 7 * 7
     assert network['fp32']['stem_flop_share'] == pytest.approx(stem_flop / (network['gflop_per_pass'] * 1e9), rel=1e-9)
     assert 0 < network['fp32']['stem_fraction_of_peak'] and 0 < network['fp32']['fraction_of_peak']
