@@ -68,11 +68,12 @@ from benchmarks.machine import machine_info, machine_load, machine_peak, write_r
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ('scoring', 'features', 'finetune', 'memory', 'network')
-JOB_MODULE = {'scoring': 'eval', 'network': 'eval', 'features': 'eval.features', 'finetune': 'eval.finetune',
-              'memory': 'eval.features'}
+JOB_MODULE = {'scoring': 'eval', 'features': 'eval.features', 'finetune': 'eval.finetune', 'memory': 'eval.features'}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 # Sizes of the full run and of --quick (each overridable by a flag of the same name).
-FULL = dict(video='456x256', video_frames=250, views='3x10', score_geometry=None, network_clip=(32, 256), n_videos=(2, 6),
+FULL = dict(video='456x256', video_frames=250, views='3x10', score_geometry=None, network_clip=(32, 256),
+            n_videos=(2, 6),
             features_geometry=None, train='32x224', train_rate=None, steps=(2, 6), batch=2,
             memory_video='340x256', memory_frames=(1000, 10000, 30000), memory_workers=(0, 1, 2), memory_stride=512,
             peak_seconds=1.0, peak_shapes=None)
@@ -424,9 +425,9 @@ class Bench:
     # ------------------------------------------------------------------------------ network
     def network(self) -> dict:
         """Scoring's network alone, as the job builds it (the kit's fast path, compiled by compiled_inference unless
-        'network' is left out of --compile-in, the
-        fully-convolutional head at 256 crops, the job's batch), and its stem convolution alone (the same oneDNN
-        call, eager): where scoring's end-to-end figure stops, per precision."""
+        'network' is left out of --compile-in, the fully-convolutional head at 256 crops, the job's batch), and its
+        stem convolution alone (the same oneDNN call, eager): where scoring's end-to-end figure stops, per
+        precision."""
         from benchmarks.timing import best_seconds
         from eval.kit.compiling import CompileDecision, compiled_inference, network_flop
         from eval.kit.config import default_batch_size, fully_conv_head
@@ -441,14 +442,16 @@ class Bench:
         x = torch.randn(batch, 3, frames, crop, crop, device=device)
         flop = batch * network_flop(model, (1, 3, frames, crop, crop), **kwargs)
         stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
-        result: dict = {'clip': f'{frames}x{crop}', 'batch': batch, 'compiled': compiled, 'head': 'fully-convolutional' if kwargs else 'global',
-                        'gflop_per_pass': flop / 1e9, 'stem': f'{type(stem).__name__} {stem.in_channels}->'
-                        f'{stem.out_channels} kernel {tuple(stem.kernel_size)} stride {tuple(stem.stride)}'}
+        result: dict = {'clip': f'{frames}x{crop}', 'batch': batch, 'compiled': compiled,
+                        'head': 'fully-convolutional' if kwargs else 'global', 'gflop_per_pass': flop / 1e9,
+                        'stem': f'{type(stem).__name__} {stem.in_channels}->{stem.out_channels} kernel '
+                                f'{tuple(stem.kernel_size)} stride {tuple(stem.stride)}'}
         for precision in a.precisions:
-            dtype = {'fp32': torch.float32, 'bf16': torch.bfloat16}[precision]
+            dtype = DTYPES[precision]
             peak = self.peaks[precision]['gflops_per_s']
-            net = compiled_inference(prepare_model(model, device, precision), CompileDecision(compiled, 'bench', compiled),
-                                     device, batch, say=lambda line: None)
+            decision = CompileDecision(compiled, 'bench', compiled)
+            net = compiled_inference(prepare_model(model, device, precision), decision, device, batch,
+                                     say=lambda line: None)
             seconds, _ = best_seconds(lambda: net(x, **kwargs), repeats=3, warmup=2, device=device)
             cl = torch.channels_last_3d
             w = stem.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=cl)
@@ -462,18 +465,20 @@ class Bench:
             rest_s = max(seconds - stem_s, 1e-9)
             row = {'seconds_per_pass': seconds, 'gflops_per_s': flop / seconds / 1e9,
                    'fraction_of_peak': flop / seconds / 1e9 / peak, 'stem_flop_share': stem_flop / flop,
-                   'stem_gflops_per_s': stem_flop / stem_s / 1e9, 'stem_fraction_of_peak': stem_flop / stem_s / 1e9 / peak,
+                   'stem_gflops_per_s': stem_flop / stem_s / 1e9,
+                   'stem_fraction_of_peak': stem_flop / stem_s / 1e9 / peak,
                    'rest_fraction_of_peak': (flop - stem_flop) / rest_s / 1e9 / peak,
                    # the network's ceiling were everything but the stem at the peak
                    'ceiling_rest_at_peak': flop / (stem_s + (flop - stem_flop) / (peak * 1e9)) / 1e9 / peak}
             result[precision] = row
-            self.say(f'network  {precision:<5} {a.model} {frames}x{crop} batch {batch}, {"compiled" if compiled else "eager"}, alone: '
+            how = 'compiled' if compiled else 'eager'
+            self.say(f'network  {precision:<5} {a.model} {frames}x{crop} batch {batch}, {how}, alone: '
                      f'{row["gflops_per_s"]:.1f} GFLOP/s = {100 * row["fraction_of_peak"]:.1f}% of the peak; its stem '
                      f'({result["stem"]}) is {100 * row["stem_flop_share"]:.0f}% of the FLOPs at '
                      f'{100 * row["stem_fraction_of_peak"]:.0f}% of the peak, the rest at '
                      f'{100 * row["rest_fraction_of_peak"]:.0f}%; with the rest at 100% the network would reach '
                      f'{100 * row["ceiling_rest_at_peak"]:.0f}%')
-            del net
+            net = None               # the next precision compiles its own graph
             torch._dynamo.reset()
         return result
 
@@ -658,9 +663,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     load_before = machine_load()
     info = machine_info(device)
-    dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16}
     peaks = {}
-    for name, dtype in dtypes.items():
+    for name, dtype in DTYPES.items():
         pk = machine_peak(dtype, device, s['peak_seconds'], **(s['peak_shapes'] or {}))
         peaks[name] = {'dtype': pk.dtype, 'gflops_per_s': pk.gflops_per_s, 'best_probe': pk.best_probe,
                        'probes': pk.probes}
