@@ -1,9 +1,11 @@
 """Runtime rules decided once (eval.kit.runtime) and used by every job: the precision table, the device a job
 runs on, the backend switches on CUDA, the host-to-device copy; and the pretrained-config fields that decide
 the test head and the resize filter (eval.kit.config.fully_conv_head, VideoPretrainedCfg.interpolation)."""
+import ast
 import contextlib
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +27,8 @@ from eval.kit.config import RunRequest, fully_conv_head, library_config
 from eval.kit.console import Console
 from eval.kit.distributed import DistContext
 from eval.kit.loop import evaluate
-from eval.kit.runtime import (PRECISION_NAMES, PRECISION_TABLE, job_backend, pin_memory, resolve_device,
-                              resolve_precision, to_device)
+from eval.kit.runtime import (PRECISION_NAMES, PRECISION_TABLE, DecodeLoader, decode_loader, job_backend, pin_memory,
+                              resolve_device, resolve_precision, to_device)
 from eval.score.cli import build_parser as scoring_parser
 
 # the zoo's own entries (other test modules register tiny test models without a source checkpoint)
@@ -257,6 +259,59 @@ def test_the_loader_pins_the_pixels_of_scoring_and_feature_items(monkeypatch):
     out = loader_pin(chunk)
     assert isinstance(out, SnippetChunk) and pinned == [chunk.frames, chunk.rows]
     assert dataclasses.replace(out, frames=chunk.frames, rows=chunk.rows) == chunk
+
+
+class _Frames(torch.utils.data.Dataset):
+    """Items as a decode worker sends them: a uint8 frame tensor and an int64 index tensor, in shared memory."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        return torch.full((2, 8, 8, 3), i, dtype=torch.uint8), torch.arange(4) + i
+
+
+def _shared_records_while_iterating(loader):
+    from torch.multiprocessing.reductions import shared_cache
+    shared_cache.free_dead_references()
+    sizes = []
+    for i, (frames, rows) in enumerate(loader):
+        assert int(frames[0, 0, 0, 0]) == i and int(rows[0]) == i   # every batch arrives, in order
+        sizes.append(len(shared_cache))
+    return sizes
+
+
+def test_a_decode_loader_forgets_the_shared_storages_of_the_batches_it_has_handed_over():
+    """torch.multiprocessing keeps a record (a weak reference) of every shared-memory storage a worker sent
+    until 128 pile up; each keeps a small block allocated in the job's kept heap (zoo.heap), where such blocks
+    split the holes the next activations need and the heap grows with the video's length (docs/performance.md).
+    A plain DataLoader piles them up; every job's loader (decode_loader) keeps only those of the live batches."""
+    plain = _shared_records_while_iterating(torch.utils.data.DataLoader(_Frames(), batch_size=None, num_workers=1))
+    ours = _shared_records_while_iterating(decode_loader(_Frames(), torch.device('cpu'), 1, batch_size=None))
+    assert len(plain) == len(ours) == 40
+    assert plain[-1] >= 60                       # two storages a batch, none forgotten: the mechanism is there
+    assert max(ours) <= 6                        # this batch's and the one before's (still referenced), no pile
+
+
+def test_without_workers_a_decode_loader_is_a_plain_dataloader_iteration():
+    loader = decode_loader(_Frames(), torch.device('cpu'), 0, batch_size=None)
+    assert isinstance(loader, DecodeLoader) and loader.num_workers == 0 and loader.worker_init_fn is None
+    assert isinstance(iter(loader), torch.utils.data.dataloader._SingleProcessDataLoaderIter)
+
+
+def test_every_jobs_loader_is_a_decode_loader():
+    """One place builds the jobs' DataLoaders (eval.kit.runtime.decode_loader): the four jobs call it, and no eval
+    module calls DataLoader itself."""
+    root = Path(__file__).resolve().parents[1] / 'eval'
+    calls = {'DataLoader': set(), 'decode_loader': set()}
+    for path in sorted(root.rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, 'attr', getattr(node.func, 'id', None))
+                if name in calls:
+                    calls[name].add(str(path.relative_to(root)))
+    assert calls == {'DataLoader': set(),
+                     'decode_loader': {'kit/loop.py', 'features/job.py', 'finetune/job.py', 'fvd/job.py'}}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

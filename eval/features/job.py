@@ -50,7 +50,7 @@ from eval.data.snippets import snippet_count
 from eval.kit.compiling import (CompileDecision, compile_record, compile_summary, decide_compile, flop_to_repay,
                                 network_flop)
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import RunPrecision, job_backend, loader_options, resolve_device, resolve_precision
+from eval.kit.runtime import RunPrecision, job_backend, decode_loader, resolve_device, resolve_precision
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -528,8 +528,7 @@ def extract_share(ctx: DistContext, config: FeatureConfig, run: FeatureRun, devi
     net = prepare_feature_model(run.model, run.settings.layer, device, not config.no_fast_path, run.precision,
                                 decision, per_forward * run.settings.crops, say)
     stream = FeatureStream(mine, run.settings, per_forward)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_identity,
-                                         **loader_options(device, min(workers, len(mine))))
+    loader = decode_loader(stream, device, min(workers, len(mine)), batch_size=None, collate_fn=_identity)
     accumulator = FeatureAccumulator()
     bar = progress_bar(len(mine), 'video', ctx.is_main and not config.no_progress, rank_label(ctx.world_size))
     snippets, start = 0, time.perf_counter()

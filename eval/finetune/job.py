@@ -45,7 +45,7 @@ from eval.kit.compiling import CompileDecision, compile_module, decide_compile, 
 from eval.kit.flags import WORKERS_HELP, add_compile_flag, add_precision_flags
 from eval.kit.rundir import probe_writable
 from eval.data.pixels import PixelNormalizer
-from eval.kit.runtime import (job_backend, loader_options, resolve_device, resolve_precision,
+from eval.kit.runtime import (job_backend, decode_loader, resolve_device, resolve_precision,
                                to_device)
 from eval.data.train_clips import BatchPlan, RankBatchSampler, TrainClipDataset, TrainSpec
 from eval.finetune.state import (BEST, CHECKPOINT, LAST, MetricsLog, Position, capture_rng, check_recipe,
@@ -333,8 +333,8 @@ class Trainer:
         sampler = RankBatchSampler(self.config.plan, len(self.dataset), self.config.seed, epoch, self.ctx.rank,
                                    start_step)
         # a private generator: creating the loader must not draw from the global one (dropout's)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, generator=torch.Generator(),
-                                           **loader_options(self.device, self.config.workers))
+        return decode_loader(self.dataset, self.device, self.config.workers, batch_sampler=sampler,
+                             generator=torch.Generator())
 
     def micro_step(self, clips: torch.Tensor, labels: torch.Tensor, sync: bool) -> Tuple[float, int]:
         """Forward and backward of one micro-batch; (sum of losses, correct) over its clips. A compiled network

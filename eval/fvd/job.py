@@ -39,7 +39,7 @@ from eval.kit.job import RunError, decide_on_main, exit_verdict, fail_together, 
 from eval.kit.meter import softmax
 from eval.kit.report import json_safe
 from eval.kit.rundir import claim_run_dir, probe_writable
-from eval.kit.runtime import PRECISION_NAMES, loader_options, resolve_device
+from eval.kit.runtime import PRECISION_NAMES, decode_loader, resolve_device
 from eval.kit.shards import ShardReport, collect_on_main, plan_work
 from eval.kit.store import FAILED, SCORED, ScoreStore, StoredVideo
 from eval.fvd.clips import SETS, Clip, ClipJob, ClipStream, batches, sample_videos
@@ -213,8 +213,8 @@ def embed_share(ctx: DistContext, store: ScoreStore, mine: List[ClipJob], embedd
         return report
     writer = store.open_writer(ctx.rank)
     report.store_file = writer.path
-    loader = torch.utils.data.DataLoader(ClipStream(mine, protocol), batch_size=None, collate_fn=_identity,
-                                         **loader_options(embedder.device, min(workers, len(mine))))
+    loader = decode_loader(ClipStream(mine, protocol), embedder.device, min(workers, len(mine)), batch_size=None,
+                           collate_fn=_identity)
     bar = progress_bar(len(mine), 'video', show, rank_label(ctx.world_size))
     start = time.perf_counter()
     try:

@@ -23,7 +23,7 @@ from eval.data.pixels import PixelNormalizer
 from eval.data.records import FailedVideo, MultiViewDataset, VideoRecord, VideoSample
 from eval.kit.meter import MultiViewMeter
 from eval.data.views import ViewSampler, ViewSpec
-from eval.kit.runtime import job_backend, loader_options, resolve_precision, to_device
+from eval.kit.runtime import job_backend, decode_loader, resolve_precision, to_device
 
 
 def iter_views(sample: VideoSample, frames: Optional[torch.Tensor] = None) -> Iterator[Tuple[int, torch.Tensor]]:
@@ -180,8 +180,7 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     dataset = dataset if dataset is not None else MultiViewDataset(records, ViewSampler(spec), fps=config.fps)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))   # items keep their index into ``records``
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_identity,
-                                         **loader_options(device, config.workers))
+    loader = decode_loader(dataset, device, config.workers, batch_size=None, shuffle=False, collate_fn=_identity)
     meter = MultiViewMeter(len(records), spec.num_views, config.num_classes, aggregation=config.aggregation)
     normalise = PixelNormalizer(config.mean, config.std, config.channel_order)
     call_kwargs = {'fully_conv': True} if config.fully_conv else {}

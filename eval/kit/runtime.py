@@ -164,9 +164,57 @@ def decode_worker_init(worker_id: int) -> None:
 
 def loader_options(device: torch.device, workers: int) -> dict:
     """The DataLoader arguments every job's decoding shares: its worker count, pinned batches on CUDA, and each
-    worker's start (``decode_worker_init``)."""
+    worker's start (``decode_worker_init``). Jobs build their loader with ``decode_loader``, which adds these."""
     return {'num_workers': workers, 'pin_memory': pin_memory(device),
             'worker_init_fn': decode_worker_init if workers else None}
+
+
+def forget_dead_shared_storages() -> int:
+    """Drop torch.multiprocessing's records of received shared-memory storages that are no longer used; returns how
+    many were dropped.
+
+    A batch from a decode worker arrives as shared-memory storages, and torch.multiprocessing keeps a weak
+    reference to each in ``reductions.shared_cache`` until 128 have piled up. A weak reference keeps the storage's
+    small C++ object allocated after its pages are gone, so every batch leaves a few small blocks behind, placed in
+    the holes the network's freed activations left in the job's kept heap (zoo.heap). Those holes then no longer fit
+    the next activations and the heap grows: measured on a 30k-frame video with one worker, the job's heap climbed
+    from ~600 to 850-1,190 MB in four of five runs; with this called after every batch it levelled off at 500-750 MB
+    in every run (docs/performance.md). Nothing to do with no worker; a torch without that cache: 0."""
+    try:
+        from torch.multiprocessing.reductions import shared_cache
+    except ImportError:
+        return 0
+    free = getattr(shared_cache, 'free_dead_references', None)
+    lock = getattr(shared_cache, 'lock', None)
+    if free is None or lock is None:
+        return 0
+    with lock:
+        before = len(shared_cache)
+        free()
+        return before - len(shared_cache)
+
+
+class DecodeLoader(torch.utils.data.DataLoader):
+    """A job's DataLoader: with decode workers, each batch's iteration also forgets the shared-memory storages
+    of the batches before it (``forget_dead_shared_storages``)."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if not self.num_workers:
+            return batches
+        return _forgetting(batches)
+
+
+def _forgetting(batches: Iterator) -> Iterator:
+    for batch in batches:
+        forget_dead_shared_storages()
+        yield batch
+
+
+def decode_loader(dataset, device: torch.device, workers: int, **kwargs) -> DecodeLoader:
+    """The DataLoader of every job's decoding (scoring, features, fine-tuning, FVD): ``loader_options`` for the
+    device and worker count, ``kwargs`` the job's own (batching, collation, sampler)."""
+    return DecodeLoader(dataset, **kwargs, **loader_options(device, workers))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
