@@ -7,7 +7,12 @@ compile start, GFLOP/s as a fraction of the machine's peak, and the peak memory 
 
 Every job runs as a subprocess, its command line as a user would type it, on synthetic videos written to a temp
 folder (eval.data.synthetic content, H.264):
-- peak: benchmarks/machine.py's machine_peak for float32 and bfloat16 (the best of a few GEMMs and a 1x1x1 conv).
+- peak: benchmarks/machine.py's machine_peak for float32 and bfloat16 (the best of a few GEMMs and a 1x1x1 conv),
+  probed at the start, before every part and at the end: this machine's speed drifts by 10-50% within an hour
+  (one run's first probe read 198 GFLOP/s fp32 and later jobs ran at up to 207). Each job's line prints its
+  fraction of the probe just before its part; the final table, the JSON's ``fraction_of_peak`` and ``peak`` use
+  the run's best probe per precision (the most conservative figure; ``peak_probes`` keeps every probe). The
+  ``network`` part's fractions stay against the probe just before it (its stem and rest are compared together).
 - scoring: ``python -m eval --benchmark unlabelled --views 3x10 --model i3d_r50 --random-weights`` on 456x256,
   250-frame videos (the Kinetics geometry), fp32 and bf16. Two runs, of N1 and N2 videos: seconds per video =
   (t(N2) - t(N1)) / (N2 - N1) (start-up cancels), start-up = t(N1) - N1 x seconds per video. GFLOP per video:
@@ -31,8 +36,11 @@ folder (eval.data.synthetic content, H.264):
   torch.compile's workers): TreePss below. Memory vs video length: one 340x256 video of ~1k, ~10k and ~30k
   frames through ``eval.features --crops 1 --stride <--memory-stride>`` with --workers 0, 1, 2 (9 runs): a large
   stride keeps the network a small part, while the decoder still reads (and the JPEG round trip encodes and
-  decodes) every frame. Flat in length = max / min of a worker count's peaks near 1; the cost of a worker =
-  peak with 1 worker - with 0.
+  decodes) every frame. Flat in length, per worker count: the peaks from the second length on within
+  --flat-ratio (the ~1k-frame run ends in ~8 s, before the job's kept heap levels off at ~10-12 s, measured) and
+  the longest run's late growth (the peak of its second half over its first half's, sampled every 0.5 s) under
+  1.05: a single peak varies ~5-10% between runs of the same length (where the heap's blocks land), the late
+  growth does not. The cost of a worker = peak with 1 worker - with 0.
 - network: scoring's network alone, in this process, as the job builds it (eval.kit.loop.prepare_model, compiled
   by eval.kit.compiling.compiled_inference unless 'network' is left out of --compile-in), at 32x256 with the
   fully-convolutional head and the job's batch, per precision: its GFLOP/s as a fraction of the peak, and its stem
@@ -56,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ''):   # run as a script: import this checkout's packages, benchmarks/ included
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,11 +135,14 @@ def pss_bytes(pid: int) -> int:
 
 class TreePss:
     """Peak of the summed PSS of a process and all its descendants, sampled every ``interval`` seconds on a
-    thread: ``with TreePss(proc.pid) as m: proc.wait()``, then ``m.peak_bytes``, ``m.samples``, ``m.peak_processes``."""
+    thread: ``with TreePss(proc.pid) as m: proc.wait()``, then ``m.peak_bytes``, ``m.samples``, ``m.peak_processes``,
+    and ``m.timeline`` (seconds since the start, summed bytes) of every sample."""
 
     def __init__(self, pid: int, interval: float = 0.5):
         self.pid, self.interval = pid, interval
         self.peak_bytes, self.samples, self.peak_processes, self.most_processes = 0, 0, 0, 0
+        self.timeline: List[Tuple[float, int]] = []
+        self._began = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -139,6 +150,7 @@ class TreePss:
         tree = process_tree(self.pid)
         total = sum(pss_bytes(p) for p in tree)
         self.samples += 1
+        self.timeline.append((time.perf_counter() - self._began, total))
         self.most_processes = max(self.most_processes, len(tree))
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, len(tree)
@@ -160,6 +172,16 @@ class TreePss:
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2 ** 20
+
+    def late_growth(self) -> Optional[float]:
+        """Peak of the run's second half over the peak of its first half (by time): above 1 when memory still
+        grows in the second half of the run. None with fewer than 4 samples."""
+        if len(self.timeline) < 4:
+            return None
+        middle = self.timeline[-1][0] / 2
+        first = max(b for t, b in self.timeline if t <= middle)
+        second = max(b for t, b in self.timeline if t > middle)
+        return second / first if first else None
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -226,7 +248,8 @@ def run_job(command: List[str], out: str, log: str, timeout: float, interval: fl
             raise RuntimeError(f'exit status {proc.returncode} of {" ".join(command[1:])}:\n{f.read()[-3000:]}')
     return {'command': ' '.join(['python'] + command[1:]), 'seconds': seconds, 'peak_pss_mb': memory.peak_mb,
             'pss_samples': memory.samples, 'processes_at_peak': memory.peak_processes,
-            'most_processes': memory.most_processes, 'job_says_compile': compile_statements(out)}
+            'most_processes': memory.most_processes, 'late_growth': memory.late_growth(),
+            'job_says_compile': compile_statements(out)}
 
 
 def job_start(run: dict) -> Optional[float]:
@@ -308,6 +331,20 @@ def forward_gflop(model_name: str, frames: int, crop: int, features: bool = Fals
     return 2 * count_flops(model, frames, crop, fully_conv=False).flops_per_view / 1e9
 
 
+def probe_peaks(sizes: dict, device: torch.device) -> Dict[str, dict]:
+    """machine_peak per precision now: {precision: {dtype, gflops_per_s, best_probe, probes}}."""
+    peaks = {}
+    for name, dtype in DTYPES.items():
+        pk = machine_peak(dtype, device, sizes['peak_seconds'], **(sizes['peak_shapes'] or {}))
+        peaks[name] = {'dtype': pk.dtype, 'gflops_per_s': pk.gflops_per_s, 'best_probe': pk.best_probe,
+                       'probes': pk.probes}
+    return peaks
+
+
+RATE_PARTS = ('scoring', 'features', 'finetune')
+LATE_GROWTH_FLAT = 1.05   # a memory run still growing in its second half: its peak there over the first half's    # the parts whose rows against_best_peak rescores
+
+
 # --------------------------------------------------------------------------------------------- the parts
 
 class Bench:
@@ -318,6 +355,40 @@ class Bench:
         self.runs: List[dict] = []
         self.compile_in = set(args.compile_in)
         self._videos: Dict[str, str] = {}
+        self.peak_probes: List[dict] = [{'when': 'at the start', **{k: v['gflops_per_s'] for k, v in peaks.items()}}]
+        self._all_peaks: List[Dict[str, dict]] = [peaks]
+
+    def reprobe(self, when: str) -> None:
+        """Probe the peak again (the machine drifts): the next rows' live fractions are of this probe."""
+        self.peaks = probe_peaks(self.sizes, torch.device(self.device))
+        self._all_peaks.append(self.peaks)
+        self.peak_probes.append({'when': when, **{k: v['gflops_per_s'] for k, v in self.peaks.items()}})
+        print(f'  (peak {when}: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f}' for k, v in self.peaks.items()) + ')',
+              flush=True)
+
+    def best_peaks(self) -> Dict[str, dict]:
+        return {k: max((p[k] for p in self._all_peaks), key=lambda v: v['gflops_per_s']) for k in DTYPES}
+
+    def against_best_peak(self, report: dict) -> None:
+        """Every job row's fraction against the run's best probe per precision (its live one kept as
+        ``fraction_of_adjacent_peak``); the table of them printed; report['peak'] and ['peak_probes'] set."""
+        best = self.best_peaks()
+        report['peak'], report['peak_probes'] = best, self.peak_probes
+        self.say('peak probes (GFLOP/s): ' + '; '.join(
+            f'{p["when"]} ' + ' '.join(f'{k} {p[k]:.1f}' for k in DTYPES) for p in self.peak_probes))
+        self.say(f'against the run\'s best probe (fp32 {best["fp32"]["gflops_per_s"]:.1f}, '
+                 f'bf16 {best["bf16"]["gflops_per_s"]:.1f} GFLOP/s):')
+        for part in RATE_PARTS:
+            for precision, row in report['parts'].get(part, {}).items():
+                if not (isinstance(row, dict) and 'fraction_of_peak' in row and precision in best):
+                    continue
+                peak = best[precision]['gflops_per_s']
+                row.update(fraction_of_adjacent_peak=row['fraction_of_peak'],
+                           adjacent_peak_gflops_per_s=row['peak_gflops_per_s'], peak_gflops_per_s=peak,
+                           fraction_of_peak=row['gflops_per_s'] / peak)
+                self.say(f'  {part:<9} {precision:<5} {row["gflops_per_s"]:9.1f} GFLOP/s = '
+                         f'{100 * row["fraction_of_peak"]:5.1f}% of the best probe '
+                         f'({100 * row["fraction_of_adjacent_peak"]:.1f}% of the probe before it)')
 
     def say(self, line: str = '') -> None:
         print(line, flush=True)
@@ -352,8 +423,9 @@ class Bench:
         result.update(part=part, label=label)
         self.runs.append(result)
         said = ', '.join(f'{k}={v}' for k, v in result['job_says_compile'].items()) or 'no compile key'
+        late = f'late growth {result["late_growth"]:.3f}  ' if part == 'memory' and result['late_growth'] else ''
         print(f'  {part:<8} {label:<28} {result["seconds"]:8.1f} s  peak tree PSS {result["peak_pss_mb"]:7.0f} MB  '
-              f'({said})', flush=True)
+              f'{late}({said})', flush=True)
         return result
 
     def rate_row(self, part: str, precision: str, r1: dict, r2: dict, n1: float, n2: float, per: str,
@@ -576,23 +648,38 @@ class Bench:
                 r.update(frames=frames, workers=workers)
                 result['runs'].append(r)
                 peaks.setdefault(workers, {})[frames] = r['peak_pss_mb']
-        self.say(f'{"workers":>7} ' + ' '.join(f'{f:>9}f' for f in s['memory_frames']) + f' {"max/min":>8}')
+        longer = s['memory_frames'][1:] or s['memory_frames']     # the shortest run ends before the plateau
+        late: Dict[int, Optional[float]] = {}
+        for r in result['runs']:
+            if r['frames'] == s['memory_frames'][-1]:
+                late[r['workers']] = r['late_growth']
+        self.say(f'{"workers":>7} ' + ' '.join(f'{f:>9}f' for f in s['memory_frames'])
+                 + f' {"max/min":>8} {"without " + str(s["memory_frames"][0]) + "f":>14} {"late growth":>12}')
         by_workers = {}
         for workers, row in peaks.items():
-            values = list(row.values())
-            by_workers[workers] = {'peak_pss_mb_by_frames': row, 'max_over_min': max(values) / min(values)}
+            values, beyond = list(row.values()), [row[f] for f in longer]
+            by_workers[workers] = {'peak_pss_mb_by_frames': row, 'max_over_min': max(values) / min(values),
+                                   'max_over_min_beyond_shortest': max(beyond) / min(beyond),
+                                   'late_growth_longest': late.get(workers)}
+            growth = late.get(workers)
             self.say(f'{workers:>7} ' + ' '.join(f'{row[f]:8.0f}MB' for f in s['memory_frames'])
-                     + f' {max(values) / min(values):8.2f}')
+                     + f' {max(values) / min(values):8.2f} {max(beyond) / min(beyond):14.2f} '
+                     + (f'{growth:12.3f}' if growth is not None else f'{"-":>12}'))
         result['by_workers'] = by_workers
         longest = s['memory_frames'][-1]
         if 0 in peaks and 1 in peaks:
             result['worker_cost_mb'] = {f: peaks[1][f] - peaks[0][f] for f in s['memory_frames']}
             self.say(f'one decode worker costs {peaks[1][longest] - peaks[0][longest]:.0f} MB at {longest} frames '
                      f'(peak with --workers 1 - with 0)')
-        flat = all(w['max_over_min'] < self.args.flat_ratio for w in by_workers.values())
+        flat = all(w['max_over_min_beyond_shortest'] < self.args.flat_ratio and
+                   (w['late_growth_longest'] is None or w['late_growth_longest'] < LATE_GROWTH_FLAT)
+                   for w in by_workers.values())
         result['flat_in_length'] = flat
-        self.say(f'memory {"flat" if flat else "NOT flat"} in video length (every max/min < {self.args.flat_ratio}); '
-                 f'stride {stride}, so the network sees few snippets while every frame is decoded')
+        self.say(f'memory {"flat" if flat else "NOT flat"} in video length: for every worker count the peaks from '
+                 f'{longer[0]} frames on within {self.args.flat_ratio}x (the {s["memory_frames"][0]}-frame run ends '
+                 f'before the heap levels off) and the {longest}-frame run\'s peak in its second half within '
+                 f'{LATE_GROWTH_FLAT}x of its first half\'s; stride {stride}, so the network sees few snippets while '
+                 f'every frame is decoded')
         return result
 
 
@@ -663,17 +750,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     load_before = machine_load()
     info = machine_info(device)
-    peaks = {}
-    for name, dtype in DTYPES.items():
-        pk = machine_peak(dtype, device, s['peak_seconds'], **(s['peak_shapes'] or {}))
-        peaks[name] = {'dtype': pk.dtype, 'gflops_per_s': pk.gflops_per_s, 'best_probe': pk.best_probe,
-                       'probes': pk.probes}
+    peaks = probe_peaks(s, device)
     work = tempfile.mkdtemp(prefix='bench-jobs-')
     bench = Bench(args, s, work, peaks)
     bench.say(f'# python benchmarks/bench_jobs.py {" ".join(argv if argv is not None else sys.argv[1:])}')
     bench.say(f'machine: {info.get("gpu") or info.get("cpu")}, {os.cpu_count()} CPUs, {info["threads"]} torch threads, '
               f'torch {torch.__version__}, device {args.device}; load before {load_before["loadavg_1_5_15"]}')
-    bench.say('peak: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f} GFLOP/s ({v["best_probe"]})'
+    bench.say('peak at the start: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f} GFLOP/s ({v["best_probe"]})'
                                    for k, v in peaks.items()))
     bench.say(f'model {args.model}, random weights; compile flag {args.compile_flag!r} in '
               f'{",".join(args.compile_in) or "none"}; eager flag {args.eager_flag!r} '
@@ -689,6 +772,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for part in PARTS:
             if part not in only:
                 continue
+            bench.reprobe(f'before {part}')
             try:
                 report['parts'][part] = getattr(bench, part)()
             except Exception as e:  # noqa: BLE001  (recorded; the other parts still run; exit status 1)
@@ -699,6 +783,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             report['work'] = work
         else:
             shutil.rmtree(work, ignore_errors=True)
+    bench.reprobe('at the end')
+    bench.against_best_peak(report)
     compile_start = report['parts'].get('scoring', {}).get('compile_start', {})
     if compile_start.get('seconds') is not None:
         bench.say(f'compile start (scoring fp32): {compile_start["seconds"]:.1f} s = start-up compiled '

@@ -25,6 +25,12 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     assert (tmp_path / 'jobs-test.txt').read_text().count('\n') > 5
     assert report['errors'] == {} and set(report['parts']) == {'scoring', 'features', 'memory', 'network'}
     assert report['peak']['fp32']['gflops_per_s'] > 0 and report['peak']['bf16']['gflops_per_s'] > 0
+    # the peak is probed at the start, before each of the 4 parts and at the end; the report's is the best probe
+    probes = report['peak_probes']
+    assert [p['when'] for p in probes] == ['at the start', 'before scoring', 'before features', 'before memory',
+                                           'before network', 'at the end']
+    for precision in ('fp32', 'bf16'):
+        assert report['peak'][precision]['gflops_per_s'] == max(p[precision] for p in probes)
     assert report['machine']['torch'] and report['load_before'] and report['load_after']
     scoring = report['parts']['scoring']['fp32']
     assert scoring['gflop_per_video'] == 2 * scoring['job_flops']['flops_per_video'] / 1e9 > 0
@@ -33,6 +39,11 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     features = report['parts']['features']['fp32']
     # at --quick sizes the two-run difference is start-up noise (it can come out negative): finite, not positive
     assert math.isfinite(features['seconds_per_snippet']) and math.isfinite(features['fraction_of_peak'])
+    for row in (scoring, features):     # rescored against the best probe, the live fraction kept
+        assert row['peak_gflops_per_s'] == report['peak']['fp32']['gflops_per_s'] >= row['adjacent_peak_gflops_per_s']
+        assert row['fraction_of_peak'] * row['peak_gflops_per_s'] == pytest.approx(row['gflops_per_s'], rel=1e-9)
+        assert row['fraction_of_adjacent_peak'] * row['adjacent_peak_gflops_per_s'] == \
+            pytest.approx(row['gflops_per_s'], rel=1e-9)
     assert features['crops'] == 10 and features['snippets_per_video'] > 0
     assert features['job_says_compile'] and not any(features['job_says_compile'].values())
     network = report['parts']['network']
@@ -48,5 +59,9 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     memory = report['parts']['memory']
     assert [(r['frames'], r['workers']) for r in memory['runs']] == [(100, 0), (100, 1)]
     assert set(memory['worker_cost_mb']) == {'100'}
+    for workers in ('0', '1'):
+        row = memory['by_workers'][workers]
+        assert row['max_over_min'] == row['max_over_min_beyond_shortest'] == 1.0      # one length: nothing to compare
+        assert row['late_growth_longest'] is None or row['late_growth_longest'] > 0
     assert all(r['peak_pss_mb'] > 0 and r['pss_samples'] > 0 for r in report['runs'])
     assert len(report['runs']) == 6
