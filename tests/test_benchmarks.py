@@ -106,3 +106,16 @@ def test_tree_pss_counts_the_memory_of_a_grandchild():
     assert memory.samples >= 3 and memory.most_processes >= 2
     assert memory.peak_mb >= 150
     assert process_tree(os.getpid())[0] == os.getpid()
+
+
+def test_tree_pss_reads_pss_only_when_the_tree_grows_or_changes():
+    """PSS costs the kernel a walk of every page (the measured job's time): a process holding steady memory gets
+    its RSS read every interval and its PSS only a few times (first sight, the rise of its allocation)."""
+    import subprocess
+    from benchmarks.bench_jobs import TreePss
+    code = 'import time; b = bytearray(100 * 2 ** 20); b[::4096] = b"x" * len(b[::4096]); time.sleep(2.0)'
+    proc = subprocess.Popen([sys.executable, '-c', code])
+    with TreePss(proc.pid, interval=0.05) as memory:
+        proc.wait()
+    assert len(memory.timeline) >= 20 and memory.peak_mb >= 90
+    assert 1 <= memory.samples <= len(memory.timeline) // 4
