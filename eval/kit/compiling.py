@@ -10,8 +10,8 @@ take at a conservative rate per CPU thread (``EAGER_FLOP_PER_S``); the threshold
 three times the compile start it has to repay. Measured on a 2-core AMD EPYC (torch 2.15, i3d_r50; issue 23,
 benchmarks/bench_network.py, benchmarks/jobs-*.txt): the compile start is 5-17 s (the first shape; the inductor
 cache makes a second run start faster) and compiled fp32 runs 1.24-1.40x faster than the eager fast path, so a
-run repays the start after 20-70 s of eager network time (scoring i3d_r50 3x10 end to end: 13-17 s of start,
-benchmarks/jobs-cpu-2core-amd.txt). The embedded demo (2 clips, 3x10 views, ~5 TFLOP: ~30 s eager) stays eager; a
+run repays the start after 20-70 s of eager network time (scoring i3d_r50 3x10 end to end: 13-21 s of start,
+benchmarks/jobs-cpu-2core-amd*.txt). The embedded demo (2 clips, 3x10 views, ~5 TFLOP: ~30 s eager) stays eager; a
 Kinetics validation run compiles. Training on the CPU stays eager unless asked (``TRAINING_CPU_REASON``: measured no
 faster compiled); on CUDA the same rule as inference.
 

@@ -178,8 +178,9 @@ def forget_dead_shared_storages() -> int:
     small C++ object allocated after its pages are gone, so every batch leaves a few small blocks behind, placed in
     the holes the network's freed activations left in the job's kept heap (zoo.heap). Those holes then no longer fit
     the next activations and the heap grows: measured on a 30k-frame video with one worker, the job's heap climbed
-    from ~600 to 850-1,190 MB in four of five runs; with this called after every batch it levelled off at 500-750 MB
-    in every run (docs/performance.md). Nothing to do with no worker; a torch without that cache: 0."""
+    from ~600 to 850-1,190 MB in four of five runs; with this called after every batch it levelled off (500-800 MB)
+    in all ten runs with one or two workers (docs/performance.md). Nothing to do with no worker; a torch without that
+    cache: 0."""
     try:
         from torch.multiprocessing.reductions import shared_cache
     except ImportError:
