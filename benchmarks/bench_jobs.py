@@ -133,6 +133,9 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+PAGE_BYTES = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
+
+
 def rss_bytes(pid: int) -> int:
     """The process's resident set size from /proc/PID/statm (constant time; shared pages counted in full); 0 once
     it is gone."""
@@ -141,9 +144,6 @@ def rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE_BYTES
     except (OSError, ValueError, IndexError):
         return 0
-
-
-PAGE_BYTES = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
 
 
 class TreePss:
@@ -169,14 +169,14 @@ class TreePss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def sample(self, force: bool = False) -> None:
+    def sample(self) -> None:
         tree = tuple(process_tree(self.pid))
         now = time.perf_counter() - self._began
         rss = sum(rss_bytes(p) for p in tree)
         self.timeline.append((now, rss))
         self.most_processes = max(self.most_processes, len(tree))
         last_t, last_rss, last_tree = self._read_at
-        if not (force or rss > last_rss * self.RISE or tree != last_tree or now - last_t >= self.refresh):
+        if not (rss > last_rss * self.RISE or tree != last_tree or now - last_t >= self.refresh):
             return
         total = sum(pss_bytes(p) for p in tree)
         self._read_at = (now, rss, tree)
@@ -369,8 +369,8 @@ def probe_peaks(sizes: dict, device: torch.device) -> Dict[str, dict]:
     return peaks
 
 
-RATE_PARTS = ('scoring', 'features', 'finetune')
-LATE_GROWTH_FLAT = 1.05   # a memory run still growing in its second half: its peak there over the first half's    # the parts whose rows against_best_peak rescores
+RATE_PARTS = ('scoring', 'features', 'finetune')    # the parts whose rows against_best_peak rescores
+LATE_GROWTH_FLAT = 1.05   # a memory run still growing in its second half: its peak there over the first half's
 
 
 # --------------------------------------------------------------------------------------------- the parts
@@ -757,7 +757,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help='--workers of the memory runs (0,1,2)')
     sizes.add_argument('--memory-stride', type=int, help='--stride of the memory runs (512: the network a small part)')
     sizes.add_argument('--peak-seconds', type=float, help='seconds per peak probe (1)')
-    p.add_argument('--flat-ratio', type=float, default=1.15, help='max / min peak that still counts as flat (1.15)')
+    p.add_argument('--flat-ratio', type=float, default=1.15, help='max / min of a worker count\'s peaks from the second length on that still counts as flat (1.15)')
     p.add_argument('--job-timeout', type=float, default=3600.0, help='seconds one job run may take (3600)')
     p.add_argument('--keep-work', action='store_true', help='keep the videos, the jobs\' outputs and logs')
     args = p.parse_args(argv)
