@@ -46,7 +46,14 @@ folder (eval.data.synthetic content, H.264):
   fully-convolutional head and the job's batch, per precision: its GFLOP/s as a fraction of the peak, and its stem
   convolution (i3d_r50's conv1: 3 input channels) timed alone, the same oneDNN call eager: its share of the FLOPs,
   its fraction of the peak, the rest's, and the network's ceiling were everything but the stem at the peak. This
-  is where scoring's end-to-end figure stops when it matches the network's.
+  is where scoring's end-to-end figure stops when it matches the network's. Then fine-tuning's step alone
+  (training_alone: the network as eval.finetune builds it, eager, one forward + backward + SGD step of the job's
+  batch): its fraction of the peak is the finetune row's bound, and the job's step over it what the job adds. The
+  network part keeps the heap as the jobs do (zoo.heap.keep_freed_memory).
+- repeats: every rate row's two runs are repeated (--repeats, default 2: N1, N2, N1, N2) and the fastest run of
+  each size is used: other work on a shared machine only ever adds time (the peak probe is a best-of too). Each
+  run and probe records the share of the machine's CPU time the hypervisor took ("steal", /proc/stat): 2% in a
+  quiet minute on the 2-core AMD EPYC, 7.5% in one where the same forward pass ran 1.5x slower (measured).
 
 Figures are wall times of whole processes on whatever else the machine runs: the load before and after is
 recorded with them. Outputs: benchmarks/jobs-<tag>.txt (the printed table) and .json (every figure and run).
@@ -254,12 +261,32 @@ def compile_statements(out: str) -> Dict[str, object]:
     return found
 
 
+def cpu_jiffies() -> Optional[Tuple[int, int]]:
+    """(stolen, all) CPU time of the whole machine so far, in jiffies, from /proc/stat's first line: 'steal' is
+    time the hypervisor gave this VM's virtual CPUs to another guest; None where there is no /proc/stat."""
+    try:
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]    # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def steal_share(before: Optional[Tuple[int, int]], after: Optional[Tuple[int, int]]) -> Optional[float]:
+    """The share of all CPU time between two cpu_jiffies() readings that the hypervisor took (0 on a machine of
+    one's own; measured here: 2% in a quiet minute, 7.5% in one where the same forward pass ran 1.5x slower)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def run_job(command: List[str], out: str, log: str, timeout: float, interval: float = 0.5) -> dict:
     """One job command (cwd: the repository) with its tree's PSS sampled: wall seconds, peak PSS, and what its
     outputs say about compiling. A fresh inductor cache per run, so compiled runs compile alike."""
     cache = tempfile.mkdtemp(prefix='inductor-', dir=os.path.dirname(out))
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, 'triton'))
     with open(log, 'w') as f:
+        jiffies = cpu_jiffies()
         start = time.perf_counter()
         proc = subprocess.Popen(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
         with TreePss(proc.pid, interval) as memory:
@@ -270,11 +297,13 @@ def run_job(command: List[str], out: str, log: str, timeout: float, interval: fl
                 proc.wait()
                 raise RuntimeError(f'{" ".join(command[2:5])} ran past --job-timeout {timeout:.0f} s') from None
         seconds = time.perf_counter() - start
+        stolen = steal_share(jiffies, cpu_jiffies())
     shutil.rmtree(cache, ignore_errors=True)
     if proc.returncode != 0:
         with open(log) as f:
             raise RuntimeError(f'exit status {proc.returncode} of {" ".join(command[1:])}:\n{f.read()[-3000:]}')
-    return {'command': ' '.join(['python'] + command[1:]), 'seconds': seconds, 'peak_pss_mb': memory.peak_mb,
+    return {'command': ' '.join(['python'] + command[1:]), 'out': out, 'seconds': seconds, 'steal': stolen,
+            'peak_pss_mb': memory.peak_mb,
             'pss_samples': memory.samples, 'processes_at_peak': memory.peak_processes,
             'most_processes': memory.most_processes, 'late_growth': memory.late_growth(),
             'job_says_compile': compile_statements(out)}
@@ -385,14 +414,18 @@ class Bench:
         self._videos: Dict[str, str] = {}
         self.peak_probes: List[dict] = [{'when': 'at the start', **{k: v['gflops_per_s'] for k, v in peaks.items()}}]
         self._all_peaks: List[Dict[str, dict]] = [peaks]
+        self.job_rows: Dict[Tuple[str, str], dict] = {}     # (part, precision): its rate row
 
     def reprobe(self, when: str) -> None:
         """Probe the peak again (the machine drifts): the next rows' live fractions are of this probe."""
+        jiffies = cpu_jiffies()
         self.peaks = probe_peaks(self.sizes, torch.device(self.device))
+        stolen = steal_share(jiffies, cpu_jiffies())
         self._all_peaks.append(self.peaks)
-        self.peak_probes.append({'when': when, **{k: v['gflops_per_s'] for k, v in self.peaks.items()}})
-        print(f'  (peak {when}: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f}' for k, v in self.peaks.items()) + ')',
-              flush=True)
+        self.peak_probes.append({'when': when, **{k: v['gflops_per_s'] for k, v in self.peaks.items()},
+                                 'steal': stolen})
+        print(f'  (peak {when}: ' + ', '.join(f'{k} {v["gflops_per_s"]:.1f}' for k, v in self.peaks.items())
+              + ('' if stolen is None else f'; steal {100 * stolen:.1f}%') + ')', flush=True)
 
     def best_peaks(self) -> Dict[str, dict]:
         return {k: max((p[k] for p in self._all_peaks), key=lambda v: v['gflops_per_s']) for k in DTYPES}
@@ -452,9 +485,28 @@ class Bench:
         self.runs.append(result)
         said = ', '.join(f'{k}={v}' for k, v in result['job_says_compile'].items()) or 'no compile key'
         late = f'late growth {result["late_growth"]:.3f}  ' if part == 'memory' and result['late_growth'] else ''
+        stolen = '' if result['steal'] is None else f'steal {100 * result["steal"]:4.1f}%  '
         print(f'  {part:<8} {label:<28} {result["seconds"]:8.1f} s  peak tree PSS {result["peak_pss_mb"]:7.0f} MB  '
-              f'{late}({said})', flush=True)
+              f'{stolen}{late}({said})', flush=True)
         return result
+
+    def timed_runs(self, part: str, label: str, sizes: Sequence[int], command, out) -> Dict[int, dict]:
+        """The two runs of a rate row, repeated --repeats times in turn (N1, N2, N1, N2, ...), each in a fresh
+        output folder (a job resumes from a folder it finds), ``command(n, out)`` and ``out(n, repeat)`` giving
+        them: per size the fastest run, with every run's seconds and steal under 'repeats'. Other work on a shared
+        machine only ever adds time, so the fastest run of each size is its least disturbed (the peak probe is the
+        best of its calls, too)."""
+        runs: Dict[int, List[dict]] = {n: [] for n in sizes}
+        for r in range(self.args.repeats):
+            for n in sizes:
+                folder = out(n, r)
+                runs[n].append(self.run(part, label.format(n=n) + (f' #{r + 1}' if self.args.repeats > 1 else ''),
+                                        command(n, folder), folder))
+        best = {}
+        for n, tries in runs.items():
+            best[n] = dict(min(tries, key=lambda t: t['seconds']))
+            best[n]['repeats'] = [{'seconds': t['seconds'], 'steal': t['steal']} for t in tries]
+        return best
 
     def rate_row(self, part: str, precision: str, r1: dict, r2: dict, n1: float, n2: float, per: str,
                  gflop_per_item: float, extra: Optional[dict] = None) -> dict:
@@ -467,11 +519,13 @@ class Bench:
                f'{per}s_per_s': 1 / seconds if seconds > 0 else float('nan'), 'startup_s': rate['startup_s'],
                f'gflop_per_{per}': gflop_per_item, 'gflops_per_s': gflops, 'peak_gflops_per_s': peak,
                'fraction_of_peak': gflops / peak, 'peak_pss_mb': max(r1['peak_pss_mb'], r2['peak_pss_mb']),
+               'steal': [r1['steal'], r2['steal']], 'repeats': [r1.get('repeats'), r2.get('repeats')],
                'job_says_compile': r2['job_says_compile'], **self.compile_note(part), **(extra or {}),
                'job_compile_start_s': [job_start(r1), job_start(r2)]}
         if not seconds > 0:
             row['warning'] = (f't(N2) <= t(N1): the runs\' start-up noise exceeds the work of {n2 - n1:g} more {per}s '
                               f'(--quick sizes, or a loaded machine); give larger N1,N2')
+        self.job_rows[(part, precision)] = row
         starts = '/'.join('-' if v is None else f'{v:.1f}' for v in row['job_compile_start_s'])
         self.say(f'{part:<9} {precision:<5} {seconds:9.3f} s/{per:<8} {row["startup_s"]:8.1f} {gflop_per_item:10.1f} '
                  f'{gflops:9.1f} {100 * row["fraction_of_peak"]:7.1f}% {row["peak_pss_mb"]:8.0f}  {starts}'
@@ -496,10 +550,10 @@ class Bench:
 
         folders = {n: video_folder(os.path.join(self.work, f'score-data-{n}'), source, n) for n in (n1, n2)}
         for precision in a.precisions:
-            runs = {n: self.run('scoring', f'{precision} {n} videos',
-                                command(folders[n], os.path.join(self.work, f'score-{precision}-{n}'), precision, True),
-                                os.path.join(self.work, f'score-{precision}-{n}')) for n in (n1, n2)}
-            with open(os.path.join(self.work, f'score-{precision}-{n2}', 'summary.json')) as f:
+            runs = self.timed_runs('scoring', f'{precision} {{n}} videos', (n1, n2),
+                                   lambda n, out: command(folders[n], out, precision, True),
+                                   lambda n, r: os.path.join(self.work, f'score-{precision}-{n}-{r}'))
+            with open(os.path.join(runs[n2]['out'], 'summary.json')) as f:
                 summary = json.load(f)
             if summary['counts']['scored'] != n2:
                 raise RuntimeError(f'scoring {precision}: {summary["counts"]["scored"]} of {n2} videos scored')
@@ -533,6 +587,8 @@ class Bench:
         from eval.kit.config import default_batch_size, fully_conv_head
         from eval.kit.loop import prepare_model
         from zoo import create_model
+        from zoo.heap import keep_freed_memory
+        keep_freed_memory()     # the jobs' heap (eval.kit.job.run_job(keep_heap=True)); the network part runs last
         a, (frames, crop) = self.args, self.sizes['network_clip']
         device = torch.device(self.device)
         model = create_model(a.model, pretrained=False).eval()
@@ -580,6 +636,67 @@ class Bench:
                      f'{100 * row["ceiling_rest_at_peak"]:.0f}%')
             net = None               # the next precision compiles its own graph
             torch._dynamo.reset()
+        result['training'] = self.training_alone()
+        return result
+
+    def training_alone(self) -> dict:
+        """Fine-tuning's step without the job around it: the network as eval.finetune builds it (a new head of 2
+        classes, the recipe's BatchNorm mode for the batch, SGD with its defaults), eager as the job trains on the
+        CPU, on a random batch of the job's size and clip, best of 3 after a warm-up, per precision: the forward in
+        training mode alone and the whole step (forward, backward, optimizer step), as fractions of the peak
+        (3 forwards a step, as the finetune row counts). The job's step is compared with this one; their ratio is
+        what the job adds (data, logging), the step's own fraction is the bound of the finetune row."""
+        from benchmarks.timing import best_seconds
+        from eval.finetune import recipe as rc
+        from eval.kit.runtime import resolve_precision
+        from zoo import create_model
+        a, s = self.args, self.sizes
+        frames, crop = (int(v) for v in s['train'].split('x'))
+        batch, device = s['batch'], torch.device(self.device)
+        bn = rc.resolve_bn_mode('auto', batch)
+        forward_gflops = batch * forward_gflop(a.model, frames, crop, num_classes=2)
+        result: dict = {'clip': s['train'], 'batch': batch, 'bn': bn, 'gflop_per_step': 3 * forward_gflops}
+        x = torch.randn(batch, 3, frames, crop, crop, device=device)
+        labels = torch.arange(batch, device=device) % 2
+        for precision in a.precisions:
+            torch.manual_seed(0)
+            model = create_model(a.model, pretrained=False, num_classes=2, drop_rate=rc.DROPOUT).to(device)
+            rc.set_trainable(model, bn, False)
+            rc.set_train_mode(model, bn, False)
+            optimizer = rc.make_optimizer(model, 0.01)
+            autocast = resolve_precision(precision, device, training=True).autocast
+
+            def forward() -> None:
+                with autocast():
+                    model(x)
+
+            def step() -> None:
+                with autocast():
+                    logits = model(x)
+                torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            forward_s, _ = best_seconds(forward, repeats=3, warmup=1, device=device)
+            step_s, _ = best_seconds(step, repeats=3, warmup=1, device=device)
+            peak = self.peaks[precision]['gflops_per_s']
+            backward_s = max(step_s - forward_s, 1e-9)
+            row = {'forward_s': forward_s, 'step_s': step_s,
+                   'forward_fraction_of_peak': forward_gflops / forward_s / peak,
+                   'rest_of_step_fraction_of_peak': 2 * forward_gflops / backward_s / peak,
+                   'gflops_per_s': 3 * forward_gflops / step_s, 'fraction_of_peak': 3 * forward_gflops / step_s / peak}
+            job = self.job_rows.get(('finetune', precision))
+            if job:
+                row['job_seconds_per_step'] = job['seconds_per_step']
+                row['job_median_step_s'] = job['job_median_step_s']
+                row['job_over_alone'] = job['seconds_per_step'] / step_s
+            result[precision] = row
+            self.say(f'training {precision:<5} {a.model} {s["train"]} batch {batch} (BN {bn}), eager, alone: a step '
+                     f'{step_s:.2f} s = {100 * row["fraction_of_peak"]:.1f}% of the peak; its forward in training mode '
+                     f'at {100 * row["forward_fraction_of_peak"]:.0f}%, backward and optimizer step at '
+                     f'{100 * row["rest_of_step_fraction_of_peak"]:.0f}% (as 2 forwards)'
+                     + (f'; the job\'s step {job["seconds_per_step"]:.2f} s by the two runs (its own median '
+                        f'{job["job_median_step_s"]:.2f} s) = {row["job_over_alone"]:.2f}x this' if job else ''))
+            model = optimizer = None
         return result
 
     # ------------------------------------------------------------------------------ features
@@ -596,15 +713,13 @@ class Bench:
         result: dict = {'video': f'{s["video"]}x{s["video_frames"]} frames', 'preset': 'i3d-r50-10crop',
                         'settings': settings}
         for precision in a.precisions:
-            runs = {}
-            for n in (n1, n2):
-                out = os.path.join(self.work, f'feat-{precision}-{n}')
-                runs[n] = self.run('features', f'{precision} {n} videos',
-                                   [sys.executable, '-m', 'eval.features', '--data', folders[n], '--out', out,
-                                    '--model', a.model, '--random-weights', '--precision', precision,
-                                    '--device', self.device, '--no-progress', *settings,
-                                    *self.flags('features', True)], out)
-            with open(os.path.join(self.work, f'feat-{precision}-{n2}', 'index.json')) as f:
+            runs = self.timed_runs(
+                'features', f'{precision} {{n}} videos', (n1, n2),
+                lambda n, out: [sys.executable, '-m', 'eval.features', '--data', folders[n], '--out', out,
+                                '--model', a.model, '--random-weights', '--precision', precision,
+                                '--device', self.device, '--no-progress', *settings, *self.flags('features', True)],
+                lambda n, r: os.path.join(self.work, f'feat-{precision}-{n}-{r}'))
+            with open(os.path.join(runs[n2]['out'], 'index.json')) as f:
                 index = json.load(f)
             videos = [v for v in index['videos'] if v.get('status') == 'extracted']
             if len(videos) != n2:
@@ -636,16 +751,14 @@ class Bench:
         gflop = 3 * batch * forward_gflop(a.model, frames, crop, num_classes=2)
         result: dict = {'size': s['train'], 'batch': batch, 'steps': [s1, s2]}
         for precision in a.precisions:
-            runs = {}
-            for n in (s1, s2):
-                out = os.path.join(self.work, f'train-{precision}-{n}')
-                list_path, classes = lists[n]
-                runs[n] = self.run('finetune', f'{precision} {n} steps',
-                                   [sys.executable, '-m', 'eval.finetune', '--model', a.model, '--data', list_path,
-                                    '--classes', classes, '--out', out, '--epochs', '1', '--batch-size', str(batch),
-                                    '--precision', precision, '--device', self.device, '--no-progress', *clips,
-                                    *self.flags('finetune', True)], out)
-            job_steps = step_seconds(os.path.join(self.work, f'train-{precision}-{s2}', 'metrics.csv'))
+            runs = self.timed_runs(
+                'finetune', f'{precision} {{n}} steps', (s1, s2),
+                lambda n, out: [sys.executable, '-m', 'eval.finetune', '--model', a.model, '--data', lists[n][0],
+                                '--classes', lists[n][1], '--out', out, '--epochs', '1', '--batch-size', str(batch),
+                                '--precision', precision, '--device', self.device, '--no-progress', *clips,
+                                *self.flags('finetune', True)],
+                lambda n, r: os.path.join(self.work, f'train-{precision}-{n}-{r}'))
+            job_steps = step_seconds(os.path.join(runs[s2]['out'], 'metrics.csv'))
             if len(job_steps) != s2:
                 raise RuntimeError(f'finetune {precision}: {len(job_steps)} steps logged, expected {s2}')
             row = self.rate_row('finetune', precision, runs[s1], runs[s2], s1, s2, 'step', gflop,
@@ -758,6 +871,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes.add_argument('--memory-stride', type=int, help='--stride of the memory runs (512: the network a small part)')
     sizes.add_argument('--peak-seconds', type=float, help='seconds per peak probe (1)')
     p.add_argument('--flat-ratio', type=float, default=1.15, help='max / min of a worker count\'s peaks from the second length on that still counts as flat (1.15)')
+    p.add_argument('--repeats', type=int,
+                   help='runs of each size of a rate row, in turn; the fastest of each is used (default 2; --quick 1)')
     p.add_argument('--job-timeout', type=float, default=3600.0, help='seconds one job run may take (3600)')
     p.add_argument('--keep-work', action='store_true', help='keep the videos, the jobs\' outputs and logs')
     args = p.parse_args(argv)
@@ -766,6 +881,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         p.error(f'--only: unknown part(s) {", ".join(sorted(unknown))}; choose from {", ".join(PARTS)}')
     args.precisions = [x for x in args.precisions.split(',') if x]
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
+    if args.repeats < 1:
+        p.error(f'--repeats must be at least 1, got {args.repeats}')
     compile_in = args.compile_in if args.compile_in is not None else ('scoring' if args.quick else ','.join(PARTS))
     args.compile_in = [] if compile_in == 'none' else [x for x in compile_in.split(',') if x]
     s = dict(QUICK if args.quick else FULL)

@@ -38,7 +38,11 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     assert report['parts']['scoring']['compile_start']['seconds'] is None       # nothing compiled
     features = report['parts']['features']['fp32']
     # at --quick sizes the two-run difference is start-up noise (it can come out negative): finite, not positive
-    assert math.isfinite(features['seconds_per_snippet']) and math.isfinite(features['fraction_of_peak'])
+    assert math.isfinite(features['seconds_per_snippet'])
+    if features['seconds_per_snippet'] > 0:
+        assert math.isfinite(features['fraction_of_peak'])
+    else:       # a negative difference: no rate, and the row says why
+        assert math.isnan(features['fraction_of_peak']) and 't(N2) <= t(N1)' in features['warning']
     for row in (scoring, features):     # rescored against the best probe, the live fraction kept
         assert row['peak_gflops_per_s'] == report['peak']['fp32']['gflops_per_s'] >= row['adjacent_peak_gflops_per_s']
         # at --quick sizes a negative two-run difference gives NaN GFLOP/s: then both fractions are NaN too
@@ -58,6 +62,18 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     stem_flop = 2 * (2 * 64 * 4 * 28 * 28) * 3 * 5 * 7 * 7
     assert network['fp32']['stem_flop_share'] == pytest.approx(stem_flop / (network['gflop_per_pass'] * 1e9), rel=1e-9)
     assert 0 < network['fp32']['stem_fraction_of_peak'] and 0 < network['fp32']['fraction_of_peak']
+    # fine-tuning's step alone (the finetune row's bound): its rate is 3 forwards of the batch over the step
+    training = network['training']
+    assert training['clip'] == '32x32' and training['batch'] == 2 and training['bn'] == 'frozen'
+    step = training['fp32']
+    assert 0 < step['forward_s'] < step['step_s']
+    assert step['gflops_per_s'] == pytest.approx(training['gflop_per_step'] / step['step_s'], rel=1e-9)
+    assert step['fraction_of_peak'] > 0 and 'job_over_alone' not in step       # no finetune part in this run
+    # every run and every probe records the hypervisor's share of the CPU time (on Linux), a fraction
+    assert all(r['steal'] is None or 0 <= r['steal'] <= 1 for r in report['runs'])
+    assert all(p['steal'] is None or 0 <= p['steal'] <= 1 for p in probes[1:])
+    assert scoring['repeats'] == [[{'seconds': scoring['seconds'][0], 'steal': scoring['steal'][0]}],
+                                  [{'seconds': scoring['seconds'][1], 'steal': scoring['steal'][1]}]]  # --quick: 1
     memory = report['parts']['memory']
     assert [(r['frames'], r['workers']) for r in memory['runs']] == [(100, 0), (100, 1)]
     assert set(memory['worker_cost_mb']) == {'100'}
