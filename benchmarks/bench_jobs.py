@@ -86,6 +86,12 @@ PARTS = ('scoring', 'features', 'finetune', 'memory', 'network')
 JOB_MODULE = {'scoring': 'eval', 'features': 'eval.features', 'finetune': 'eval.finetune', 'memory': 'eval.features'}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
+
+def training_forward_gflop(model_name: str, train: str, batch: int) -> float:
+    """GFLOP of one forward of the fine-tuning batch (``train`` 'TxS' clips, a 2-class head); a step counts 3."""
+    frames, crop = (int(v) for v in train.split('x'))
+    return batch * forward_gflop(model_name, frames, crop, num_classes=2)
+
 # Sizes of the full run and of --quick (each overridable by a flag of the same name).
 FULL = dict(video='456x256', video_frames=250, views='3x10', score_geometry=None, network_clip=(32, 256),
             n_videos=(2, 6),
@@ -654,7 +660,7 @@ class Bench:
         frames, crop = (int(v) for v in s['train'].split('x'))
         batch, device = s['batch'], torch.device(self.device)
         bn = rc.resolve_bn_mode('auto', batch)
-        forward_gflops = batch * forward_gflop(a.model, frames, crop, num_classes=2)
+        forward_gflops = training_forward_gflop(a.model, s['train'], batch)
         result: dict = {'clip': s['train'], 'batch': batch, 'bn': bn, 'gflop_per_step': 3 * forward_gflops}
         x = torch.randn(batch, 3, frames, crop, crop, device=device)
         labels = torch.arange(batch, device=device) % 2
@@ -748,7 +754,7 @@ class Bench:
         clips = [['--frames', str(frames), '--crop', str(crop)] + (['--rate', str(s['train_rate'])]
                                                                      if s['train_rate'] else [])][0]
         lists = {n: training_list(os.path.join(self.work, f'train-data-{n}'), source, n * batch) for n in (s1, s2)}
-        gflop = 3 * batch * forward_gflop(a.model, frames, crop, num_classes=2)
+        gflop = 3 * training_forward_gflop(a.model, s['train'], batch)
         result: dict = {'size': s['train'], 'batch': batch, 'steps': [s1, s2]}
         for precision in a.precisions:
             runs = self.timed_runs(
