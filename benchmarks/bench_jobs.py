@@ -42,7 +42,8 @@ folder (eval.data.synthetic content, H.264):
   1.05: a single peak varies ~5-10% between runs of the same length (where the heap's blocks land), the late
   growth does not. The cost of a worker = peak with 1 worker - with 0.
 - network: scoring's network alone, in this process, as the job builds it (eval.kit.loop.prepare_model, compiled
-  by eval.kit.compiling.compiled_inference unless 'network' is left out of --compile-in), at 32x256 with the
+  by eval.kit.compiling.compiled_inference unless 'network' is left out of --compile-in; uint8 views in, normalised
+  by the network, in its graph when compiled, as the job feeds it), at 32x256 with the
   fully-convolutional head and the job's batch, per precision: its GFLOP/s as a fraction of the peak, and its stem
   convolution (i3d_r50's conv1: 3 input channels) timed alone, the same oneDNN call eager: its share of the FLOPs,
   its fraction of the peak, the rest's, and the network's ceiling were everything but the stem at the peak. This
@@ -591,6 +592,7 @@ class Bench:
         from benchmarks.timing import best_seconds
         from eval.kit.compiling import CompileDecision, compiled_inference, network_flop
         from eval.kit.config import default_batch_size, fully_conv_head
+        from eval.data.pixels import PixelNormalizer
         from eval.kit.loop import prepare_model
         from zoo import create_model
         from zoo.heap import keep_freed_memory
@@ -602,6 +604,9 @@ class Bench:
         batch = default_batch_size(device)
         compiled = 'network' in self.compile_in
         x = torch.randn(batch, 3, frames, crop, crop, device=device)
+        # the job's input: uint8 views, normalised by the network (in its graph when compiled)
+        views = torch.randint(0, 256, (batch, frames, crop, crop, 3), dtype=torch.uint8, device=device)
+        pixels = PixelNormalizer.from_cfg(getattr(model, 'pretrained_cfg', None))
         flop = batch * network_flop(model, (1, 3, frames, crop, crop), **kwargs)
         stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
         result: dict = {'clip': f'{frames}x{crop}', 'batch': batch, 'compiled': compiled,
@@ -613,8 +618,8 @@ class Bench:
             peak = self.peaks[precision]['gflops_per_s']
             decision = CompileDecision(compiled, 'bench', compiled)
             net = compiled_inference(prepare_model(model, device, precision), decision, device, batch,
-                                     say=lambda line: None)
-            seconds, _ = best_seconds(lambda: net(x, **kwargs), repeats=3, warmup=2, device=device)
+                                     say=lambda line: None, pixels=pixels)
+            seconds, _ = best_seconds(lambda: net(views, **kwargs), repeats=3, warmup=2, device=device)
             cl = torch.channels_last_3d
             w = stem.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=cl)
             xs = x.to(dtype).contiguous(memory_format=cl)

@@ -124,6 +124,30 @@ def test_a_failed_compile_falls_back_to_eager_once_with_one_line():
     assert record['compiled'] is False and 'InvalidCxxCompiler' in record['fallback']
 
 
+def test_a_network_given_the_pixels_takes_uint8_views_and_normalises_them_in_what_is_compiled(monkeypatch):
+    """compiled_inference(pixels=...): the eager network and the compiled one (here compile_module is the identity,
+    to test the wiring without a compile; the real compile: test_eval_engine_paths.py) take uint8 (B, T, H, W, 3)
+    views, normalise them (BGR, mean, std) inside the module handed to the compiler, pad a smaller batch, and
+    leave the caller's views untouched."""
+    from eval.data.pixels import PixelNormalizer
+    from zoo.inference import InferenceModel
+    handed = []
+    monkeypatch.setattr(compiling, 'compile_module', lambda module, device: handed.append(module) or module)
+    torch.manual_seed(0)
+    eager = InferenceModel(nn.Sequential(nn.Conv3d(3, 4, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten()).eval())
+    pixels = PixelNormalizer((110.0, 100.0, 90.0), (50.0, 60.0, 70.0), 'BGR')
+    views = torch.randint(0, 256, (3, 4, 8, 8, 3), dtype=torch.uint8)
+    kept = views.clone()
+    reference = eager(pixels(views.clone()))
+    plain = compiling.compiled_inference(eager, CompileDecision(False, 'test'), 'cpu', 4, pixels=pixels)
+    torch.testing.assert_close(plain(views), reference, rtol=0, atol=0)
+    net = compiling.compiled_inference(eager, CompileDecision(True, '--compile', True), 'cpu', 4,
+                                       say=lambda line: None, pixels=pixels)
+    torch.testing.assert_close(net(views), reference, rtol=0, atol=0)
+    assert [type(m).__name__ for m in handed] == ['PixelInput'] and handed[0].net is eager.net and net.compiled
+    assert torch.equal(views, kept)
+
+
 # ------------------------------------------------------------------------------------------- every job, compiler hidden
 
 @pytest.fixture

@@ -56,12 +56,13 @@ def test_logit_averaging_scores_videos_with_their_mean_output(dataset, fp32_run,
 
 @pytest.fixture
 def compiled_networks(monkeypatch):
-    """The class names of what torch.compile is called on in this test (it still compiles); dynamo's caches are
-    reset afterwards, so no later test runs a graph compiled here."""
+    """The class names of what torch.compile is called on in this test (it still compiles), with the network a
+    PixelInput wraps; dynamo's caches are reset afterwards, so no later test runs a graph compiled here."""
     calls, real = [], torch.compile
 
     def spy(model, *args, **kwargs):
-        calls.append(type(model).__name__)
+        inner = getattr(model, 'net', None)
+        calls.append(type(model).__name__ + (f'({type(inner).__name__})' if inner is not None else ''))
         return real(model, *args, **kwargs)
     monkeypatch.setattr(torch, 'compile', spy)
     yield calls
@@ -70,6 +71,7 @@ def compiled_networks(monkeypatch):
 
 def test_compile_scores_through_torch_compile_as_the_eager_fast_path(dataset, fp32_run, tmp_path, compiled_networks):
     (fp32, _), (compiled, summary) = fp32_run, score(dataset, tmp_path / 'compiled', '--compile')
-    assert compiled_networks == ['TinyVideoNet'] and summary['compile']['compiled'] is True
+    # one graph: the pixel normalisation and the network (uint8 views in)
+    assert compiled_networks == ['PixelInput(TinyVideoNet)'] and summary['compile']['compiled'] is True
     # inductor fuses and may reorder sums: float32 rounding
     np.testing.assert_allclose(compiled['outputs'], fp32['outputs'], rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 
     decision = decide_compile(args.compile, device, precision, planned_flop)   # --compile / --no-compile / None
     net = compiled_inference(eager_net, decision, batch_size, console.say)    # the fast path, or it compiled
+    net = compiled_inference(eager_net, decision, batch_size, console.say, pixels=PixelNormalizer(...))  # uint8 in
 
 The rule (``decide_compile``): compiled when the run plans enough network work to repay the compile start,
 eager below it; ``--compile`` / ``--no-compile`` override. The work is counted in FLOPs on the meta device
@@ -241,18 +242,39 @@ class CompiledNetwork(torch.nn.Module):
         return out[:n]
 
 
+class PixelInput(torch.nn.Module):
+    """uint8 views (B, T, H, W, 3) in, the network's output out: the pixel normalisation (eval.data.pixels) and the
+    network as one module, so that a compiled network takes uint8 and inductor fuses the normalisation (permute,
+    float, subtract, scale, a reduced precision's cast) into one pass over the pixels, where eager makes three or
+    four. The same values: measured bit-identical to normalising first (i3d_r50 32x256, fp32 and bf16), and 5-10% less
+    time per scoring pass (batch 2 on the 2-core AMD EPYC, issue 23)."""
+
+    def __init__(self, pixels: Callable[[torch.Tensor], torch.Tensor], net: torch.nn.Module):
+        super().__init__()
+        self.pixels, self.net = pixels, net
+        self.pretrained_cfg = getattr(net, 'pretrained_cfg', None)
+
+    def forward(self, views: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.net(self.pixels(views), **kwargs)
+
+
 def compiled_inference(eager: torch.nn.Module, decision: CompileDecision, device: torch.device,
-                       batch_size: Optional[int], say: Callable[[str], None] = print) -> torch.nn.Module:
+                       batch_size: Optional[int], say: Callable[[str], None] = print,
+                       pixels: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.nn.Module:
     """The network a job calls: ``eager`` itself, or (decision.compiled) a CompiledNetwork over it. An
-    InferenceModel (zoo.inference) compiles its inner network, so its channels_last input and float32 output
-    stay outside the graph."""
-    if not decision.compiled:
-        return eager
+    InferenceModel (zoo.inference) compiles its inner network, so its float32 output stays outside the graph.
+    ``pixels`` (a PixelNormalizer): the network takes the uint8 views (B, T, H, W, 3) and normalises them itself,
+    inside the compiled graph when compiled (PixelInput)."""
     from zoo.inference import InferenceModel
+    net = eager if pixels is None else PixelInput(pixels, eager)
+    if not decision.compiled:
+        return net
     if isinstance(eager, InferenceModel):
-        compiled = InferenceModel(compile_module(eager.net, device), precision=eager.precision,
-                                  channels_last=eager.channels_last, compiled=True,
+        inner = eager.net if pixels is None else PixelInput(pixels, eager.net)
+        # uint8 views are not (N, C, T, H, W): their channels_last form comes from the normalisation's permute
+        compiled = InferenceModel(compile_module(inner, device), precision=eager.precision,
+                                  channels_last=eager.channels_last and pixels is None, compiled=True,
                                   pretrained_cfg=eager.pretrained_cfg)
     else:
-        compiled = compile_module(eager, device)
-    return CompiledNetwork(eager, compiled, batch_size, say)
+        compiled = compile_module(net, device)
+    return CompiledNetwork(net, compiled, batch_size, say)

@@ -119,13 +119,14 @@ def _identity(item):
 
 class ViewBatcher:
     """Views of consecutive videos share forward passes of up to ``batch_size`` views; each video is reported
-    (``report``) as soon as its last view is scored. ``autocast``: the context of every forward pass (the
-    eager model's reduced precision; a null context for the fast path, which applies its own)."""
+    (``report``) as soon as its last view is scored. ``model`` takes the stacked uint8 views and normalises them
+    itself (eval.kit.compiling.compiled_inference's ``pixels``). ``autocast``: the context of every forward pass
+    (the eager model's reduced precision; a null context for the fast path, which applies its own)."""
 
-    def __init__(self, model, call_kwargs: dict, normalise: PixelNormalizer, meter: MultiViewMeter,
+    def __init__(self, model, call_kwargs: dict, meter: MultiViewMeter,
                  records: Sequence[VideoRecord], report: Callable[[List[VideoOutcome]], None], batch_size: int,
                  device: torch.device, autocast: Callable[[], ContextManager]):
-        self.model, self.call_kwargs, self.normalise, self.meter = model, call_kwargs, normalise, meter
+        self.model, self.call_kwargs, self.meter = model, call_kwargs, meter
         self.records, self.report, self.batch_size = records, report, batch_size
         self.device, self.autocast = device, autocast
         self.views: List[torch.Tensor] = []
@@ -140,9 +141,9 @@ class ViewBatcher:
     def flush(self) -> None:
         if not self.views:
             return
-        x = self.normalise(torch.stack(self.views))
+        views = torch.stack(self.views)
         with self.autocast():
-            out = self.model(x, **self.call_kwargs)
+            out = self.model(views, **self.call_kwargs)
         meter = self.meter
         meter.add(self.videos, out.float().cpu().numpy())
         finished = [v for v in dict.fromkeys(self.videos) if meter.view_count[v] == meter.num_views]
@@ -186,11 +187,11 @@ def evaluate(model: torch.nn.Module, records: Sequence[VideoRecord], config, *,
     call_kwargs = {'fully_conv': True} if config.fully_conv else {}
     decision = compile_decision or scoring_compile_decision(model, config, len(dataset))
     net = compiled_inference(prepare_model(model, device, config.precision, config.fast_path), decision, device,
-                             config.batch_size, say)
+                             config.batch_size, say, pixels=normalise)
     result = EvalResult(records, spec, meter, device=str(device), fully_conv=config.fully_conv,
                         precision=config.precision, fast_path=config.fast_path, compile=decision.record())
     report = on_results or (lambda outcomes: None)
-    batcher = ViewBatcher(net, call_kwargs, normalise, meter, records, report, config.batch_size, device,
+    batcher = ViewBatcher(net, call_kwargs, meter, records, report, config.batch_size, device,
                           run_precision.autocast if not config.fast_path else contextlib.nullcontext)
     start = time.perf_counter()
     bar = progress_bar(len(dataset), 'video', progress, progress_desc)
