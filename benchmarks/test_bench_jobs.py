@@ -72,8 +72,10 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
     # every run and every probe records the hypervisor's share of the CPU time (on Linux), a fraction
     assert all(r['steal'] is None or 0 <= r['steal'] <= 1 for r in report['runs'])
     assert all(p['steal'] is None or 0 <= p['steal'] <= 1 for p in probes[1:])
-    assert scoring['repeats'] == [[{'seconds': scoring['seconds'][0], 'steal': scoring['steal'][0]}],
-                                  [{'seconds': scoring['seconds'][1], 'steal': scoring['steal'][1]}]]  # --quick: 1
+    assert scoring['repeats'] == [[{'seconds': scoring['seconds'][i], 'steal': scoring['steal'][i],
+                                    'job_compile_start_s': None}] for i in (0, 1)]     # --quick: 1; eager
+    # nothing compiled: the rate is the plain difference
+    assert scoring['seconds_per_video'] == scoring['seconds_per_video_with_compile_noise']
     memory = report['parts']['memory']
     assert [(r['frames'], r['workers']) for r in memory['runs']] == [(100, 0), (100, 1)]
     assert set(memory['worker_cost_mb']) == {'100'}
@@ -83,3 +85,15 @@ def test_jobs_benchmark_quick_run_reports_every_figure(tmp_path):
         assert row['late_growth_longest'] is None or row['late_growth_longest'] > 0
     assert all(r['peak_pss_mb'] > 0 and r['pss_samples'] > 0 for r in report['runs'])
     assert len(report['runs']) == 6
+
+
+def test_the_difference_of_two_runs_leaves_out_the_compile_start_each_job_measured():
+    """Two compiled runs of 2 and 6 items whose compiles took 14 s and 17 s: the plain difference counts the 3 s as
+    0.75 s an item; taken out of each run first, the rate is the work's, and the start-up keeps the compile."""
+    from benchmarks.bench_jobs import two_run_rate, work_seconds
+    r1 = {'seconds': 14.0 + 10.0 + 2 * 7.0, 'job_says_compile': {'summary.json:start_s': 14.0}}
+    r2 = {'seconds': 17.0 + 10.0 + 6 * 7.0, 'job_says_compile': {'summary.json:start_s': 17.0}}
+    assert two_run_rate(r1['seconds'], r2['seconds'], 2, 6)['seconds_per_item'] == pytest.approx(7.75)
+    assert two_run_rate(work_seconds(r1), work_seconds(r2), 2, 6)['seconds_per_item'] == pytest.approx(7.0)
+    eager = {'seconds': 30.0, 'job_says_compile': {'summary.json:compiled': False}}
+    assert work_seconds(eager) == 30.0
