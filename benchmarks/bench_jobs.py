@@ -32,8 +32,8 @@ folder (eval.data.synthetic content, H.264):
   compile varies by seconds between runs of the same command, which a difference over a few items would count as
   per-item time (``work_seconds``; the plain difference is kept as ``seconds_per_<item>_with_compile_noise``).
   Scoring fp32 also runs N1 videos eager (``--eager-flag``, default --no-compile, only when the job's --help lists
-  it, else no flag): compile start = start-up(compiled) - start-up(eager). What each job's own summary / manifest says about
-  compiling ('compile' keys of its JSON outputs) is recorded and printed.
+  it, else no flag): compile start = start-up(compiled) - start-up(eager). What each job's own summary / manifest
+  says about compiling ('compile' keys of its JSON outputs) is recorded and printed.
 - memory: every run's peak memory is the maximum, sampled every 0.5 s, of the summed PSS
   (/proc/PID/smaps_rollup) of the job's process and all its descendants (DataLoader workers, ffmpeg,
   torch.compile's workers): TreePss below. Memory vs video length: one 340x256 video of ~1k, ~10k and ~30k
