@@ -533,12 +533,11 @@ class Bench:
                  gflop_per_item: float, extra: Optional[dict] = None) -> dict:
         raw = two_run_rate(r1['seconds'], r2['seconds'], n1, n2)
         seconds = two_run_rate(work_seconds(r1), work_seconds(r2), n1, n2)['seconds_per_item']
-        rate = {'seconds_per_item': seconds, 'startup_s': r1['seconds'] - n1 * seconds}
         gflops = gflop_per_item / seconds if seconds > 0 else float('nan')
         peak = self.peaks[precision]['gflops_per_s']
         row = {'part': part, 'precision': precision, 'per': per, 'n': [n1, n2],
                'seconds': [r1['seconds'], r2['seconds']], f'seconds_per_{per}': seconds,
-               f'{per}s_per_s': 1 / seconds if seconds > 0 else float('nan'), 'startup_s': rate['startup_s'],
+               f'{per}s_per_s': 1 / seconds if seconds > 0 else float('nan'), 'startup_s': r1['seconds'] - n1 * seconds,
                # the plain difference, the compile starts left in (work_seconds)
                f'seconds_per_{per}_with_compile_noise': raw['seconds_per_item'],
                f'gflop_per_{per}': gflop_per_item, 'gflops_per_s': gflops, 'peak_gflops_per_s': peak,
