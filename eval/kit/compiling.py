@@ -246,8 +246,8 @@ class PixelInput(torch.nn.Module):
     """uint8 views (B, T, H, W, 3) in, the network's output out: the pixel normalisation (eval.data.pixels) and the
     network as one module, so that a compiled network takes uint8 and inductor fuses the normalisation (permute,
     float, subtract, scale, a reduced precision's cast) into one pass over the pixels, where eager makes three or
-    four. The same values: measured bit-identical to normalising first (i3d_r50 32x256, fp32 and bf16), and 5-10% less
-    time per scoring pass (batch 2 on the 2-core AMD EPYC, issue 23)."""
+    four. The same values: measured bit-identical to normalising first (i3d_r50 32x256, fp32 and bf16), and a pass of
+    2 views 5-11% faster in bf16, 2-10% in fp32 (the 2-core AMD EPYC, issue 23)."""
 
     def __init__(self, pixels: Callable[[torch.Tensor], torch.Tensor], net: torch.nn.Module):
         super().__init__()
